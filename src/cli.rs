@@ -1,0 +1,186 @@
+//! The command line: `tsinit [OPTIONS] [--] PROGRAM [ARGS...]`, plus reserved subcommands.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+Usage: tsinit [OPTIONS] [--] PROGRAM [ARGS...]
+       tsinit preflight | status
+
+Runs PROGRAM as the workload of a container: forwards signals to it, reaps zombies,
+stops whatever is left when it exits, and exits with its status.
+
+Options:
+  -c, --config PATH   configuration file (default: $TSINIT_CONFIG, else
+                      /etc/tsinit/tsinit.toml if it exists, else built-in defaults)
+  -v, --verbose       more logging (-vv for trace); default level from $TSINIT_LOG
+  -h, --help          print this help
+  -V, --version       print the version
+  --                  end of options (needed only if PROGRAM starts with '-')
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invocation {
+    Run(RunArgs),
+    Help,
+    Version,
+    /// A reserved first-word subcommand (`preflight`, `status`).
+    Subcommand(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub verbosity: u8,
+    /// PROGRAM and its arguments; never empty.
+    pub program: Vec<OsString>,
+}
+
+/// Subcommands recognised as the first word; to run a program of that name, use `--`.
+pub const SUBCOMMANDS: [&str; 2] = ["preflight", "status"];
+
+/// A command line tsinit cannot use, with the message to print.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+/// Parses `args` (without argv[0]). Options end at `--` or at the first word that is not
+/// an option, which is PROGRAM.
+pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
+    if let Some(first) = args.first().and_then(|a| a.to_str())
+        && SUBCOMMANDS.contains(&first)
+    {
+        return Ok(Invocation::Subcommand(first.to_string()));
+    }
+    let mut config = None;
+    let mut verbosity = 0u8;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_bytes();
+        i += 1;
+        match arg {
+            b"--" => break,
+            b"-h" | b"--help" => return Ok(Invocation::Help),
+            b"-V" | b"--version" => return Ok(Invocation::Version),
+            b"--verbose" => verbosity = verbosity.saturating_add(1),
+            b"-c" | b"--config" => {
+                let Some(path) = args.get(i) else {
+                    return Err(UsageError(format!(
+                        "option `{}` needs a file path after it",
+                        String::from_utf8_lossy(arg)
+                    )));
+                };
+                config = Some(PathBuf::from(path));
+                i += 1;
+            }
+            _ if arg.starts_with(b"--config=") => {
+                config = Some(PathBuf::from(OsStr::from_bytes(&arg[9..])));
+            }
+            _ if arg.starts_with(b"-c") => {
+                config = Some(PathBuf::from(OsStr::from_bytes(&arg[2..])));
+            }
+            _ if arg.len() > 1 && arg.starts_with(b"-") && arg[1..].iter().all(|&b| b == b'v') => {
+                verbosity = verbosity.saturating_add((arg.len() - 1) as u8);
+            }
+            _ if arg.starts_with(b"-") && arg.len() > 1 => {
+                return Err(UsageError(format!(
+                    "unknown option `{}`; to run a program whose name starts with '-', \
+                     put `--` before it",
+                    String::from_utf8_lossy(arg)
+                )));
+            }
+            _ => {
+                i -= 1;
+                break;
+            }
+        }
+    }
+    let program = args[i..].to_vec();
+    if program.is_empty() {
+        return Err(UsageError("no PROGRAM given: tell tsinit what to run".to_string()));
+    }
+    Ok(Invocation::Run(RunArgs {
+        config,
+        verbosity,
+        program,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    fn run(config: Option<&str>, verbosity: u8, program: &[&str]) -> Invocation {
+        Invocation::Run(RunArgs {
+            config: config.map(PathBuf::from),
+            verbosity,
+            program: args(program),
+        })
+    }
+
+    #[test]
+    fn parses() {
+        let cases: Vec<(&[&str], Invocation)> = vec![
+            (&["sh", "-c", "x"], run(None, 0, &["sh", "-c", "x"])),
+            (&["--", "sh", "-v"], run(None, 0, &["sh", "-v"])),
+            (&["--", "-weird"], run(None, 0, &["-weird"])),
+            (&["-v", "ls", "-v"], run(None, 1, &["ls", "-v"])),
+            (&["-vv", "--verbose", "ls"], run(None, 3, &["ls"])),
+            (&["-c", "/a.toml", "ls"], run(Some("/a.toml"), 0, &["ls"])),
+            (&["-c/a.toml", "ls"], run(Some("/a.toml"), 0, &["ls"])),
+            (&["--config", "/a", "--", "ls"], run(Some("/a"), 0, &["ls"])),
+            (&["--config=/a", "ls"], run(Some("/a"), 0, &["ls"])),
+            (&["-h"], Invocation::Help),
+            (&["-v", "--help", "ls"], Invocation::Help),
+            (&["--version"], Invocation::Version),
+            (&["-V"], Invocation::Version),
+            (&["status"], Invocation::Subcommand("status".into())),
+            (&["preflight", "--json"], Invocation::Subcommand("preflight".into())),
+            (&["--", "status"], run(None, 0, &["status"])),
+            (&["-v", "status"], run(None, 1, &["status"])),
+            (&["--", "--"], run(None, 0, &["--"])),
+        ];
+        for (argv, want) in cases {
+            assert_eq!(parse(&args(argv)), Ok(want), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let cases: Vec<(&[&str], &str)> = vec![
+            (&[], "no PROGRAM given"),
+            (&["-v"], "no PROGRAM given"),
+            (&["--"], "no PROGRAM given"),
+            (&["-x", "ls"], "unknown option `-x`; to run a program whose name starts with"),
+            (&["--nope"], "unknown option `--nope`"),
+            (&["-c"], "option `-c` needs a file path"),
+            (&["ls", "--config"], ""),
+        ];
+        for (argv, want) in cases {
+            match parse(&args(argv)) {
+                Err(UsageError(msg)) => assert!(msg.starts_with(want), "{argv:?}: {msg}"),
+                Ok(inv) => assert!(want.is_empty(), "{argv:?} parsed as {inv:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn program_may_be_non_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let weird = OsString::from_vec(vec![b'a', 0xff]);
+        let got = parse(&[weird.clone()]).unwrap();
+        assert_eq!(
+            got,
+            Invocation::Run(RunArgs {
+                config: None,
+                verbosity: 0,
+                program: vec![weird]
+            })
+        );
+    }
+}

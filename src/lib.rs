@@ -1,0 +1,13 @@
+//! tsinit: an init for containers with Tailscale in them. The binary's `main` strings
+//! these modules together in the order of the README's "Operation" list.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod init;
+pub mod logging;
+pub mod procs;
+pub mod signals;
+pub mod sys;

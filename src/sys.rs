@@ -1,0 +1,272 @@
+//! The one place tsinit calls libc directly: signal masks and dispositions, signalfd,
+//! waitpid, kill, and what the workload's process does between fork and exec.
+//!
+//! Everything here is a thin, safe wrapper; policy lives in the callers.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, OsString, c_char, c_int};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// The highest signal number this libc knows (SIGRTMAX).
+pub fn sigrtmax() -> c_int {
+    libc::SIGRTMAX()
+}
+
+/// The lowest real-time signal free for applications (SIGRTMIN; the ones below it are
+/// reserved by the C library for its threads).
+pub fn sigrtmin() -> c_int {
+    libc::SIGRTMIN()
+}
+
+/// A set of signals (`sigset_t`).
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    pub fn empty() -> SigSet {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the whole set it is given.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            SigSet(set.assume_init())
+        }
+    }
+
+    pub fn add(&mut self, sig: c_int) {
+        // SAFETY: self.0 is an initialised sigset_t; an invalid number only yields EINVAL.
+        unsafe {
+            libc::sigaddset(&mut self.0, sig);
+        }
+    }
+
+    pub fn contains(&self, sig: c_int) -> bool {
+        // SAFETY: self.0 is an initialised sigset_t; an invalid number only yields -1.
+        unsafe { libc::sigismember(&self.0, sig) == 1 }
+    }
+
+    /// The signals in the set, in ascending order.
+    pub fn signals(&self) -> Vec<c_int> {
+        (1..=sigrtmax()).filter(|&s| self.contains(s)).collect()
+    }
+}
+
+/// Replaces the calling thread's signal mask with `set`, returning the previous one.
+pub fn set_mask(set: &SigSet) -> io::Result<SigSet> {
+    let mut old = SigSet::empty();
+    // SAFETY: both pointers refer to initialised sigset_t values that outlive the call.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set.0, &mut old.0) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(old)
+}
+
+/// Whether `sig` is currently set to SIG_IGN.
+pub fn is_ignored(sig: c_int) -> io::Result<bool> {
+    let mut old = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action only queries; `old` is valid writable memory for a sigaction.
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigaction succeeded, so it filled in `old`.
+    let old = unsafe { old.assume_init() };
+    Ok(old.sa_sigaction == libc::SIG_IGN)
+}
+
+/// Sets `sig` to SIG_IGN (`ignore`) or SIG_DFL. Async-signal-safe: also used after fork.
+pub fn set_ignored(sig: c_int, ignore: bool) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags); only the
+    // handler field is set, to one of the two constants the kernel accepts.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+        libc::sigaction(sig, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a non-blocking, close-on-exec signalfd for the (already blocked) signals in `set`.
+pub fn signalfd(set: &SigSet) -> io::Result<OwnedFd> {
+    // SAFETY: -1 asks for a new descriptor; `set` is an initialised sigset_t.
+    let fd = unsafe { libc::signalfd(-1, &set.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One signal read from a signalfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigInfo {
+    pub signo: c_int,
+    /// Sender's pid as seen from our PID namespace (0 when sent by the kernel or from outside).
+    pub pid: u32,
+    pub code: i32,
+}
+
+/// Reads every queued signal from a non-blocking signalfd (empty when none is queued).
+pub fn read_signals(fd: &OwnedFd) -> io::Result<Vec<SigInfo>> {
+    const BATCH: usize = 16;
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [MaybeUninit::<libc::signalfd_siginfo>::zeroed(); BATCH];
+        // SAFETY: `buf` is writable memory of exactly BATCH * size bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), BATCH * size) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(out),
+                Some(libc::EINTR) => continue,
+                _ => Err(err),
+            };
+        }
+        let count = n as usize / size;
+        for entry in &buf[..count] {
+            // SAFETY: the kernel wrote `count` whole records; the buffer was zeroed anyway.
+            let info = unsafe { entry.assume_init() };
+            out.push(SigInfo {
+                signo: info.ssi_signo as c_int,
+                pid: info.ssi_pid,
+                code: info.ssi_code,
+            });
+        }
+        if count < BATCH {
+            return Ok(out);
+        }
+    }
+}
+
+/// `kill(2)`: `pid` > 0 a process, < 0 a process group, -1 everything we may signal.
+pub fn kill(pid: i32, sig: c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory arguments.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(c_int),
+}
+
+/// `waitpid(-1, WNOHANG)`: one exited child, `None` when children remain but none has
+/// exited, or an `ECHILD` error when there are no children at all.
+pub fn reap_one() -> io::Result<Option<(i32, Exit)>> {
+    let mut status: c_int = 0;
+    // SAFETY: `status` is a valid writable int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        return Ok(None);
+    }
+    let exit = if libc::WIFSIGNALED(status) {
+        Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        Exit::Code(libc::WEXITSTATUS(status))
+    };
+    Ok(Some((pid, exit)))
+}
+
+/// Blocks until any child exits, then reaps it (used only if the signalfd fails).
+pub fn reap_blocking() -> io::Result<()> {
+    let mut status: c_int = 0;
+    // SAFETY: `status` is a valid writable int.
+    if unsafe { libc::waitpid(-1, &mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The signal state tsinit's own parent gave it, to hand on unchanged to the workload.
+#[derive(Clone, Copy)]
+pub struct ChildSignals {
+    /// The signal mask tsinit was started with.
+    pub mask: SigSet,
+    /// Signals whose disposition tsinit changes for itself, and whether each was SIG_IGN.
+    pub restore: [(c_int, bool); 4],
+}
+
+/// Prepares `cmd` so that the child: leads its own process group (set by the caller with
+/// `process_group(0)`), takes the terminal's foreground if stdin is a terminal, and gets
+/// back the signal dispositions and mask tsinit inherited.
+pub fn prepare_child(cmd: &mut Command, signals: ChildSignals) {
+    let setup = move || -> io::Result<()> {
+        // Runs in the child between fork and exec: only async-signal-safe calls below.
+        // SAFETY: isatty/getpid/tcsetpgrp take no pointers. SIGTTOU is still ignored here
+        // (inherited from tsinit), so taking the foreground cannot stop us. A failure only
+        // means no job control, which is no reason to refuse to start the workload.
+        unsafe {
+            if libc::isatty(libc::STDIN_FILENO) == 1 {
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+            }
+        }
+        for (sig, ignored) in signals.restore {
+            set_ignored(sig, ignored)?;
+        }
+        // SAFETY: `signals.mask` is an initialised sigset_t copied into this closure.
+        let rc = unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &signals.mask.0, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe system calls and allocates nothing.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+}
+
+/// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were closed), so that
+/// no descriptor tsinit opens lands on them and is mistaken for stdio by the workload.
+pub fn ensure_stdio_open() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD takes no pointer; open gets a NUL-terminated literal.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                let flags = if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
+                let new = libc::open(c"/dev/null".as_ptr(), flags);
+                if new >= 0 && new != fd {
+                    libc::dup2(new, fd);
+                    libc::close(new);
+                }
+            }
+        }
+    }
+}
+
+/// The program's arguments from the C `main(argc, argv)`.
+///
+/// # Safety
+/// `argv` must point to `argc` valid NUL-terminated strings, as the C runtime passes them.
+pub unsafe fn args_from_c(argc: c_int, argv: *const *const c_char) -> Vec<OsString> {
+    (0..argc.max(0) as usize)
+        .filter_map(|i| {
+            // SAFETY: the caller guarantees argv has argc valid entries.
+            let ptr = unsafe { *argv.add(i) };
+            if ptr.is_null() {
+                return None;
+            }
+            // SAFETY: each non-null entry is a NUL-terminated C string.
+            let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes().to_vec();
+            Some(OsString::from_vec(bytes))
+        })
+        .collect()
+}
