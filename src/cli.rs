@@ -98,7 +98,9 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
     }
     let program = args[i..].to_vec();
     if program.is_empty() {
-        return Err(UsageError("no PROGRAM given: tell tsinit what to run".to_string()));
+        return Err(UsageError(
+            "no PROGRAM given: tell tsinit what to run".to_string(),
+        ));
     }
     Ok(Invocation::Run(RunArgs {
         config,
@@ -140,7 +142,10 @@ mod tests {
             (&["--version"], Invocation::Version),
             (&["-V"], Invocation::Version),
             (&["status"], Invocation::Subcommand("status".into())),
-            (&["preflight", "--json"], Invocation::Subcommand("preflight".into())),
+            (
+                &["preflight", "--json"],
+                Invocation::Subcommand("preflight".into()),
+            ),
             (&["--", "status"], run(None, 0, &["status"])),
             (&["-v", "status"], run(None, 1, &["status"])),
             (&["--", "--"], run(None, 0, &["--"])),
@@ -156,7 +161,10 @@ mod tests {
             (&[], "no PROGRAM given"),
             (&["-v"], "no PROGRAM given"),
             (&["--"], "no PROGRAM given"),
-            (&["-x", "ls"], "unknown option `-x`; to run a program whose name starts with"),
+            (
+                &["-x", "ls"],
+                "unknown option `-x`; to run a program whose name starts with",
+            ),
             (&["--nope"], "unknown option `--nope`"),
             (&["-c"], "option `-c` needs a file path"),
             (&["ls", "--config"], ""),
@@ -173,7 +181,7 @@ mod tests {
     fn program_may_be_non_utf8() {
         use std::os::unix::ffi::OsStringExt;
         let weird = OsString::from_vec(vec![b'a', 0xff]);
-        let got = parse(&[weird.clone()]).unwrap();
+        let got = parse(std::slice::from_ref(&weird)).unwrap();
         assert_eq!(
             got,
             Invocation::Run(RunArgs {

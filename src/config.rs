@@ -111,7 +111,8 @@ fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D:
 fn some_duration_or_off<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<Duration>>, D::Error> {
-    d.deserialize_str(DurationVisitor { allow_off: true }).map(Some)
+    d.deserialize_str(DurationVisitor { allow_off: true })
+        .map(Some)
 }
 
 /// A setting that cannot be used, with where it was found.
@@ -281,7 +282,10 @@ mod tests {
             .collect();
         for key in KEYS {
             assert!(uncommented.contains(&format!("{key} = ")), "{key} missing");
-            assert!(EMBEDDED.contains(&format!("env: {}", env_name(key))), "{key}");
+            assert!(
+                EMBEDDED.contains(&format!("env: {}", env_name(key))),
+                "{key}"
+            );
         }
         let mut config = Config::default();
         parse_layer(&uncommented, "x").unwrap().apply(&mut config);
@@ -315,7 +319,8 @@ mod tests {
 
     #[test]
     fn bad_input_gives_one_precise_error() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "grace = \"5s\"\n",
                 &[],

@@ -22,8 +22,14 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub enum Error {
     Usage(String),
     Config(ConfigError),
-    Setup { what: &'static str, source: io::Error },
-    Spawn { program: OsString, source: io::Error },
+    Setup {
+        what: &'static str,
+        source: io::Error,
+    },
+    Spawn {
+        program: OsString,
+        source: io::Error,
+    },
 }
 
 impl Error {
@@ -54,7 +60,9 @@ impl fmt::Display for Error {
                     }
                     Some(libc::ENOENT) => " (not found in PATH)",
                     Some(libc::EACCES) => " (is it a directory, or missing the executable bit?)",
-                    Some(libc::ENOEXEC) => " (a script without a #! line, or a binary for another machine?)",
+                    Some(libc::ENOEXEC) => {
+                        " (a script without a #! line, or a binary for another machine?)"
+                    }
                     _ => "",
                 };
                 write!(f, "cannot run `{program}`: {source}{hint}")

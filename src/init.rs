@@ -173,9 +173,8 @@ impl Init {
                 Ok(Wake::Signals(list)) => {
                     for info in list {
                         if self.route(workload, info) {
-                            escalate_at = escalate_at.or_else(|| {
-                                self.config.escalate_after.map(|d| Instant::now() + d)
-                            });
+                            escalate_at = escalate_at
+                                .or_else(|| self.config.escalate_after.map(|d| Instant::now() + d));
                         }
                     }
                 }
@@ -213,7 +212,10 @@ impl Init {
         }
         if info.pid == self.me as u32 {
             // E.g. SIGPIPE from writing our own log to a closed pipe: not the workload's.
-            debug!("not forwarding {} raised by tsinit itself", signals::name(info.signo));
+            debug!(
+                "not forwarding {} raised by tsinit itself",
+                signals::name(info.signo)
+            );
             return false;
         }
         self.send_to_workload(workload, info.signo);
@@ -307,8 +309,7 @@ impl Init {
         if proc_ok {
             match procs::table(Path::new("/proc")) {
                 Ok(table) => {
-                    let pids =
-                        procs::responsible(&table, self.me, self.mode == Mode::Pid1, &[]);
+                    let pids = procs::responsible(&table, self.me, self.mode == Mode::Pid1, &[]);
                     return if pids.is_empty() {
                         Remaining::None
                     } else {

@@ -182,7 +182,10 @@ mod tests {
         for sig in forwardable {
             assert!(is_routed(sig), "{} should be routed", name(sig));
         }
-        for sig in FAULT_SIGNALS.into_iter().chain([libc::SIGKILL, libc::SIGSTOP, 32, 0, 65]) {
+        for sig in FAULT_SIGNALS
+            .into_iter()
+            .chain([libc::SIGKILL, libc::SIGSTOP, 32, 0, 65])
+        {
             assert!(!is_routed(sig), "{} must not be routed", name(sig));
         }
     }

@@ -241,7 +241,11 @@ pub fn ensure_stdio_open() {
         // SAFETY: F_GETFD takes no pointer; open gets a NUL-terminated literal.
         unsafe {
             if libc::fcntl(fd, libc::F_GETFD) == -1 {
-                let flags = if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
+                let flags = if fd == 0 {
+                    libc::O_RDONLY
+                } else {
+                    libc::O_WRONLY
+                };
                 let new = libc::open(c"/dev/null".as_ptr(), flags);
                 if new >= 0 && new != fd {
                     libc::dup2(new, fd);

@@ -1,0 +1,323 @@
+//! Test harness: runs the real tsinit binary as PID 1 of a fresh PID namespace
+//! (`unshare --pid --fork --mount-proc`) or as a plain child (subreaper mode), captures
+//! its output, and waits on conditions with deadlines. Every process it starts is killed
+//! (by pid) when the handle is dropped, also when a test fails.
+#![allow(dead_code, unsafe_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test: $TSINIT_BIN (the static release build scripts/test makes),
+/// else the one cargo built for these tests.
+pub fn tsinit_bin() -> PathBuf {
+    std::env::var_os("TSINIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tsinit")))
+}
+
+/// Fails the test loudly unless we can create PID namespaces.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root to create PID namespaces: run it with scripts/test as root"
+    );
+    assert!(
+        Path::new("/usr/bin/unshare").exists() || Path::new("/bin/unshare").exists(),
+        "this test needs `unshare` (util-linux)"
+    );
+}
+
+/// A command that runs tsinit with `args` as PID 1 of a new PID namespace.
+pub fn pid1(args: &[&str]) -> Command {
+    require_root();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .arg(tsinit_bin())
+        .args(args);
+    cmd
+}
+
+/// A command that runs tsinit with `args` directly (not PID 1: subreaper mode).
+pub fn subreaper(args: &[&str]) -> Command {
+    let mut cmd = Command::new(tsinit_bin());
+    cmd.args(args);
+    cmd
+}
+
+/// A fresh directory for one test, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tsinit-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// Writes `text` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Default)]
+struct Captured {
+    stdout: String,
+    stderr: String,
+    /// How many of the two pipes reached end-of-file.
+    closed: u8,
+}
+
+/// A running process with its output captured.
+pub struct Running {
+    pub pid: i32,
+    started: Instant,
+    output: Arc<(Mutex<Captured>, Condvar)>,
+    exit: Receiver<(ExitStatus, Instant)>,
+    status: Option<(ExitStatus, Instant)>,
+}
+
+impl Running {
+    /// Starts `cmd` with stdout and stderr captured (stdin from /dev/null unless set).
+    pub fn start(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child: Child = cmd.spawn().expect("spawn process under test");
+        let output = Arc::new((Mutex::new(Captured::default()), Condvar::new()));
+        let out = child.stdout.take().expect("stdout pipe");
+        let err = child.stderr.take().expect("stderr pipe");
+        spawn_reader(out, output.clone(), true);
+        spawn_reader(err, output.clone(), false);
+        let pid = child.id() as i32;
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let status = child.wait().expect("wait for process under test");
+            let _ = tx.send((status, Instant::now()));
+        });
+        Running {
+            pid,
+            started,
+            output,
+            exit: rx,
+            status: None,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.output.0.lock().unwrap().stdout.clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.output.0.lock().unwrap().stderr.clone()
+    }
+
+    /// Waits until stdout (or stderr if `on_stderr`) satisfies `pred`; panics with all the
+    /// output if it does not within `timeout`.
+    pub fn wait_output(&self, on_stderr: bool, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let (lock, cv) = &*self.output;
+        let guard = lock.lock().unwrap();
+        let (guard, result) = cv
+            .wait_timeout_while(guard, timeout, |c| {
+                !pred(if on_stderr { &c.stderr } else { &c.stdout })
+            })
+            .unwrap();
+        if result.timed_out() {
+            panic!(
+                "condition on {} not met within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                if on_stderr { "stderr" } else { "stdout" },
+                guard.stdout,
+                guard.stderr
+            );
+        }
+    }
+
+    /// Waits until stdout contains `needle`.
+    pub fn wait_stdout(&self, needle: &str) {
+        self.wait_output(false, Duration::from_secs(20), |s| s.contains(needle));
+    }
+
+    /// Waits for the process to exit and for all its output; returns its status and when
+    /// it exited. Output still held open after the exit means something tsinit should
+    /// have stopped is still running: that fails the test.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Instant) {
+        if let Some(s) = self.status {
+            return s;
+        }
+        match self.exit.recv_timeout(timeout) {
+            Ok(s) => {
+                self.status = Some(s);
+                let (lock, cv) = &*self.output;
+                let guard = lock.lock().unwrap();
+                let (guard, res) = cv
+                    .wait_timeout_while(guard, Duration::from_secs(10), |c| c.closed < 2)
+                    .unwrap();
+                assert!(
+                    !res.timed_out(),
+                    "exited, but its output is still held open by a leftover process\n\
+                     --- stdout ---\n{}\n--- stderr ---\n{}",
+                    guard.stdout,
+                    guard.stderr
+                );
+                s
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "process did not exit within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.stdout(),
+                self.stderr()
+            ),
+            Err(RecvTimeoutError::Disconnected) => panic!("waiter thread died"),
+        }
+    }
+
+    /// The exit code (or 128+N if killed by signal N, as a shell reports it).
+    pub fn code(&mut self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let (status, _) = self.wait_exit(Duration::from_secs(30));
+        status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap()
+    }
+
+    pub fn elapsed_to_exit(&mut self) -> Duration {
+        let (_, at) = self.wait_exit(Duration::from_secs(30));
+        at - self.started
+    }
+
+    /// The pid (in our namespace) of the tsinit that `unshare` started as PID 1.
+    pub fn pid1_pid(&self) -> i32 {
+        let list = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid))
+            .expect("read unshare's children");
+        list.split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("unshare has a child")
+    }
+
+    /// Sends signal number `sig` (real-time signals included) to `pid`.
+    pub fn kill(pid: i32, sig: i32) {
+        // SAFETY: kill(2) takes no pointers.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.exit.try_recv().is_err() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.exit.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn spawn_reader(
+    mut pipe: impl Read + Send + 'static,
+    output: Arc<(Mutex<Captured>, Condvar)>,
+    is_stdout: bool,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            let (lock, cv) = &*output;
+            let n = match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    lock.lock().unwrap().closed += 1;
+                    cv.notify_all();
+                    return;
+                }
+                Ok(n) => n,
+            };
+            let mut c = lock.lock().unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if is_stdout {
+                c.stdout.push_str(&text);
+            } else {
+                c.stderr.push_str(&text);
+            }
+            cv.notify_all();
+        }
+    });
+}
+
+/// Runs `cmd` to completion (deadline 60 s) and returns (exit code, stdout, stderr).
+pub fn run(cmd: Command) -> (i32, String, String) {
+    let mut r = Running::start(cmd);
+    let code = r.code();
+    (code, r.stdout(), r.stderr())
+}
+
+/// The processes whose parent is `ppid`, with their state letters.
+pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if rest.next().and_then(|p| p.parse().ok()) == Some(ppid) {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|c| stat[c + 1..].split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Checks `cond` until it holds, for at most `timeout`, pausing briefly between checks;
+/// panics naming `what` if it never does. For conditions no event announces.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
