@@ -306,6 +306,12 @@ impl Init {
 
     fn remaining(&mut self, proc_ok: bool) -> Remaining {
         self.reaper.reap();
+        // Every descendant that is still alive has us or another descendant as its
+        // parent, so having no children means none is left. A subreaper is done then;
+        // PID 1 still looks for processes entered from outside (`docker exec`).
+        if self.mode == Mode::Subreaper && !self.reaper.has_children {
+            return Remaining::None;
+        }
         if proc_ok {
             match procs::table(Path::new("/proc")) {
                 Ok(table) => {
@@ -319,8 +325,6 @@ impl Init {
                 Err(e) => warn!("cannot list processes in /proc: {e}"),
             }
         }
-        // Every descendant that is still alive has us or another descendant as its
-        // parent, so having no children means none is left.
         if self.reaper.has_children {
             Remaining::Unknown
         } else {
