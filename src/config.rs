@@ -151,8 +151,9 @@ pub fn load(
     let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
         origin: origin.clone(),
         message: format!(
-            "cannot read the configuration file: {e}; \
-             give an existing file with --config or TSINIT_CONFIG"
+            "cannot read the configuration file: {}; \
+             give an existing file with --config or TSINIT_CONFIG",
+            crate::error::os_message(&e)
         ),
     })?;
     from_text(&origin, &text, env)
@@ -220,7 +221,11 @@ fn parse_layer(text: &str, origin: &str) -> Result<Layer, ConfigError> {
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
@@ -228,10 +233,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// The key of the `key = value` line on which byte `offset` lies within the value.
 fn key_at(text: &str, offset: usize) -> Option<&str> {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let eq = text[line_start..offset].find('=')?;
-    let key = text[line_start..line_start + eq].trim();
+    let before = text.get(..offset.min(text.len()))?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let key = line[..line.find('=')?].trim();
     (!key.is_empty()).then_some(key)
 }
 

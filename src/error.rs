@@ -51,7 +51,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => f.write_str(msg),
             Error::Config(e) => write!(f, "bad configuration: {e}"),
-            Error::Setup { what, source } => write!(f, "cannot {what}: {source}"),
+            Error::Setup { what, source } => write!(f, "cannot {what}: {}", os_message(source)),
             Error::Spawn { program, source } => {
                 let program = program.to_string_lossy();
                 let hint = match source.raw_os_error() {
@@ -65,9 +65,18 @@ impl fmt::Display for Error {
                     }
                     _ => "",
                 };
-                write!(f, "cannot run `{program}`: {source}{hint}")
+                write!(f, "cannot run `{program}`: {}{hint}", os_message(source))
             }
         }
+    }
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix.
+pub fn os_message(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 
@@ -96,7 +105,10 @@ mod tests {
         assert_eq!(spawn(libc::EACCES, "/etc/passwd").exit_code(), 126);
         assert_eq!(spawn(libc::ENOEXEC, "/x").exit_code(), 126);
         let msg = spawn(libc::ENOENT, "nope").to_string();
-        assert!(msg.starts_with("cannot run `nope`: No such file"), "{msg}");
+        assert_eq!(
+            msg,
+            "cannot run `nope`: No such file or directory (not found in PATH)"
+        );
         assert!(msg.ends_with("(not found in PATH)"), "{msg}");
     }
 }

@@ -150,17 +150,22 @@ impl Init {
     /// Starts the workload in its own process group, in the terminal's foreground, with
     /// the signal mask and ignored signals tsinit was given.
     pub fn spawn_workload(&mut self, program: &[OsString]) -> Result<Workload, Error> {
-        let mut cmd = Command::new(&program[0]);
-        cmd.args(&program[1..]).process_group(0);
+        let Some((name, args)) = program.split_first() else {
+            return Err(Error::Usage(
+                "no PROGRAM given: tell tsinit what to run".into(),
+            ));
+        };
+        let mut cmd = Command::new(name);
+        cmd.args(args).process_group(0);
         sys::prepare_child(&mut cmd, self.signals.for_child());
         let child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: program[0].clone(),
+            program: name.clone(),
             source,
         })?;
         // `child` is dropped without waiting: the reaper owns every wait.
         let pid = child.id() as i32;
         self.reaper.watch(pid);
-        debug!("started workload {:?} as pid {pid}", program[0]);
+        debug!("started workload {name:?} as pid {pid}");
         Ok(Workload { pid })
     }
 

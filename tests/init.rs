@@ -417,7 +417,9 @@ fn escalates_only_when_configured() {
 #[test]
 fn stdin_stdout_and_cwd_pass_through() {
     let dir = TempDir::new("stdio");
+    let tag = common::Tag::new();
     let mut cmd = pid1(&["sh", "-c", "cat; pwd"]);
+    tag.apply(&mut cmd);
     cmd.current_dir(dir.path()).stdin(Stdio::piped());
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -440,7 +442,10 @@ fn stdin_stdout_and_cwd_pass_through() {
 /// tree (here a sibling started by the test) is never signalled.
 #[test]
 fn subreaper_reaps_orphans_and_never_signals_outside_its_tree() {
-    let mut bystander = Command::new("sleep").arg("1000").spawn().unwrap();
+    let tag = common::Tag::new();
+    let mut bystander = Command::new("sleep");
+    tag.apply(&mut bystander);
+    let mut bystander = bystander.arg("1000").spawn().unwrap();
     let script = "i=0; while [ $i -lt 50 ]; do (true &); i=$((i+1)); done; \
                   (sleep 1000 &); echo made";
     let mut r = Running::start(subreaper(&["-vv", "sh", "-c", script]));

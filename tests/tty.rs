@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::{pid1, wait_until};
+use common::{Tag, pid1, wait_until};
 
 struct Screen {
     text: Arc<(Mutex<String>, Condvar)>,
@@ -66,7 +66,9 @@ impl Screen {
 #[test]
 fn interactive_shell_has_job_control() {
     let pty = nix::pty::openpty(None, None).expect("openpty");
+    let tag = Tag::new(); // kills everything started here when the test ends
     let mut cmd = pid1(&["bash", "--norc", "--noprofile", "-i"]);
+    tag.apply(&mut cmd);
     cmd.env("PS1", "PROMPT> ").env("TERM", "dumb");
     cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
         .stdout(Stdio::from(pty.slave.try_clone().unwrap()))

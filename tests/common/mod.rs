@@ -77,6 +77,60 @@ impl Drop for TempDir {
     }
 }
 
+/// Marks every process a test starts (through an environment variable that children
+/// inherit) so that all of them, also ones reparented away from their starter, are
+/// killed by pid when the tag is dropped, whether the test passed or failed.
+pub struct Tag(String);
+
+impl Tag {
+    pub fn new() -> Tag {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Tag(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Tags `cmd`.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("TSINIT_TEST_TAG", &self.0);
+    }
+
+    /// The pids of live processes carrying this tag.
+    pub fn pids(&self) -> Vec<i32> {
+        let needle = format!("TSINIT_TEST_TAG={}\0", self.0);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+                && env.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        for _ in 0..10 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) takes no pointers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Captured {
     stdout: String,
@@ -88,6 +142,7 @@ struct Captured {
 /// A running process with its output captured.
 pub struct Running {
     pub pid: i32,
+    tag: Tag,
     started: Instant,
     output: Arc<(Mutex<Captured>, Condvar)>,
     exit: Receiver<(ExitStatus, Instant)>,
@@ -97,6 +152,8 @@ pub struct Running {
 impl Running {
     /// Starts `cmd` with stdout and stderr captured (stdin from /dev/null unless set).
     pub fn start(mut cmd: Command) -> Running {
+        let tag = Tag::new();
+        tag.apply(&mut cmd);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let started = Instant::now();
         let mut child: Child = cmd.spawn().expect("spawn process under test");
@@ -113,6 +170,7 @@ impl Running {
         });
         Running {
             pid,
+            tag,
             started,
             output,
             exit: rx,
@@ -226,11 +284,13 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // Kill everything this test started (the tag's own Drop does it), then collect
+        // the process we spawned.
         if self.status.is_none() && self.exit.try_recv().is_err() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            for pid in self.tag.pids() {
+                // SAFETY: kill(2) takes no pointers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = self.exit.recv_timeout(Duration::from_secs(10));
         }
     }
