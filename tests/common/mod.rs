@@ -97,22 +97,12 @@ impl Tag {
     /// The pids of live processes carrying this tag.
     pub fn pids(&self) -> Vec<i32> {
         let needle = format!("TSINIT_TEST_TAG={}\0", self.0);
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
-                && env.windows(needle.len()).any(|w| w == needle.as_bytes())
-            {
-                out.push(pid);
-            }
-        }
-        out
+        all_pids()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            })
+            .collect()
     }
 }
 
@@ -332,17 +322,18 @@ pub fn run(cmd: Command) -> (i32, String, String) {
     (code, r.stdout(), r.stderr())
 }
 
+/// Every pid in /proc.
+pub fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+}
+
 /// The processes whose parent is `ppid`, with their state letters.
 pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
