@@ -462,3 +462,38 @@ fn subreaper_reaps_orphans_and_never_signals_outside_its_tree() {
     let _ = bystander.wait();
     assert!(still_running, "tsinit signalled a process outside its tree");
 }
+
+/// As PID 1 under a /proc that shows the parent namespace (`unshare` without
+/// `--mount-proc`), tsinit must not act on the processes it lists there: leftovers are
+/// signalled with kill(-1), which stays inside its own namespace.
+#[test]
+fn pid1_with_a_foreign_proc_stops_leftovers_but_nothing_outside() {
+    common::require_root();
+    let tag = common::Tag::new();
+    let mut bystander = Command::new("sleep");
+    tag.apply(&mut bystander);
+    let mut bystander = bystander.arg("1000").spawn().unwrap();
+    let script = r#"
+        bash -c 'trap "echo leftover got TERM; exit 0" TERM; sleep 1000 & echo ready > "$OUT"; wait $!' &
+        while [ ! -s "$OUT" ]; do :; done
+        exit 4
+    "#;
+    let dir = TempDir::new("foreign-proc");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child=SIGKILL"])
+        .arg(common::tsinit_bin())
+        .args(["-v", "--", "bash", "-c", script])
+        .env("OUT", dir.path().join("ready"));
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 4, "{}", r.stderr());
+    r.wait_stdout("leftover got TERM");
+    let err = r.stderr();
+    assert!(err.contains("/proc shows another PID namespace"), "{err}");
+    let still_running = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(
+        still_running,
+        "tsinit signalled a process outside its namespace"
+    );
+}
