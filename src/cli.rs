@@ -6,10 +6,15 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 Usage: tsinit [OPTIONS] [--] PROGRAM [ARGS...]
-       tsinit preflight | status
+       tsinit preflight [--json] [-c PATH]
+       tsinit status [-c PATH]
 
-Runs PROGRAM as the workload of a container: forwards signals to it, reaps zombies,
-stops whatever is left when it exits, and exits with its status.
+Runs PROGRAM as the workload of a container: starts tailscaled and brings the node up
+(if tailscale is installed), forwards signals to the workload, reaps zombies, stops
+whatever is left when it exits, and exits with its status.
+
+`tsinit preflight` checks whether this container can do kernel networking (exit 0 if
+so); `tsinit status` shows the node's state (exit 0 only when it is Running).
 
 Options:
   -c, --config PATH   configuration file (default: $TSINIT_CONFIG, else
@@ -26,8 +31,8 @@ pub enum Invocation {
     Run(RunArgs),
     Help,
     Version,
-    /// A reserved first-word subcommand (`preflight`, `status`).
-    Subcommand(String),
+    /// A first-word subcommand (`preflight`, `status`) and the arguments after it.
+    Subcommand(String, Vec<OsString>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -51,7 +56,10 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
     if let Some(first) = args.first().and_then(|a| a.to_str())
         && SUBCOMMANDS.contains(&first)
     {
-        return Ok(Invocation::Subcommand(first.to_string()));
+        return Ok(Invocation::Subcommand(
+            first.to_string(),
+            args[1..].to_vec(),
+        ));
     }
     let mut config = None;
     let mut verbosity = 0u8;
@@ -141,10 +149,10 @@ mod tests {
             (&["-v", "--help", "ls"], Invocation::Help),
             (&["--version"], Invocation::Version),
             (&["-V"], Invocation::Version),
-            (&["status"], Invocation::Subcommand("status".into())),
+            (&["status"], Invocation::Subcommand("status".into(), vec![])),
             (
                 &["preflight", "--json"],
-                Invocation::Subcommand("preflight".into()),
+                Invocation::Subcommand("preflight".into(), args(&["--json"])),
             ),
             (&["--", "status"], run(None, 0, &["status"])),
             (&["-v", "status"], run(None, 1, &["status"])),

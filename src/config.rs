@@ -18,7 +18,52 @@ pub const EMBEDDED: &str = include_str!("../rootfs/etc/tsinit/tsinit.toml");
 
 /// Every setting's key, in the order the reference lists them. Each can be overridden by
 /// the environment variable [`env_name`] gives.
-pub const KEYS: [&str; 3] = ["signal_target", "grace_period", "escalate_after"];
+pub const KEYS: [&str; 26] = [
+    "signal_target",
+    "grace_period",
+    "escalate_after",
+    "networking",
+    "on_failure",
+    "tailscale.enabled",
+    "tailscale.tailscaled",
+    "tailscale.tailscale",
+    "tailscale.state_dir",
+    "tailscale.socket",
+    "tailscale.boot_timeout",
+    "tailscale.hostname",
+    "tailscale.auth_key_file",
+    "tailscale.login_server",
+    "tailscale.accept_dns",
+    "tailscale.advertise_tags",
+    "tailscale.advertise_routes",
+    "tailscale.up_timeout",
+    "tailscale.extra_up_args",
+    "tailscale.tailscaled_args",
+    "tailscale.socks5_server",
+    "tailscale.http_proxy",
+    "tailscale.export_proxy_env",
+    "tailscale.log_level",
+    "tailscale.logout_on_exit",
+    "tailscale.keep_caps",
+];
+
+/// The official tailscale image's variables tsinit accepts, and the key each sets.
+/// `TS_USERSPACE` maps true/false to networking "userspace"/"kernel". The auth key
+/// variables are not settings (see `tailscale::auth_key`); TS_AUTH_ONCE is accepted and
+/// ignored, since tsinit never re-registers a configured node anyway.
+pub const CONTAINERBOOT_ENV: [(&str, &str); 11] = [
+    ("TS_HOSTNAME", "tailscale.hostname"),
+    ("TS_STATE_DIR", "tailscale.state_dir"),
+    ("TS_SOCKET", "tailscale.socket"),
+    ("TS_USERSPACE", "networking"),
+    ("TS_ACCEPT_DNS", "tailscale.accept_dns"),
+    ("TS_ROUTES", "tailscale.advertise_routes"),
+    ("TS_EXTRA_ARGS", "tailscale.extra_up_args"),
+    ("TS_TAILSCALED_EXTRA_ARGS", "tailscale.tailscaled_args"),
+    ("TS_SOCKS5_SERVER", "tailscale.socks5_server"),
+    ("TS_OUTBOUND_HTTP_PROXY_LISTEN", "tailscale.http_proxy"),
+    ("TS_BOOT_TIMEOUT", "tailscale.boot_timeout"),
+];
 
 /// Who receives forwarded signals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -30,6 +75,35 @@ pub enum SignalTarget {
     Group,
 }
 
+/// How tailscaled reaches the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Networking {
+    /// Kernel TUN (tailscale0); missing /dev/net/tun or CAP_NET_ADMIN is an error.
+    Kernel,
+    /// `--tun=userspace-networking` with SOCKS5 and HTTP proxies.
+    Userspace,
+    /// Kernel when preflight passes, else userspace with a warning.
+    Auto,
+}
+
+/// What to do when tailscaled or `tailscale up` fails before the workload starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Exit,
+    Continue,
+}
+
+/// Whether to run tailscaled at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enabled {
+    /// Yes if tailscaled can be found, else run as a plain init.
+    Auto,
+    Yes,
+    No,
+}
+
 /// The settings tsinit runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -37,8 +111,38 @@ pub struct Config {
     pub grace_period: Duration,
     /// `None`: never escalate a forwarded SIGTERM/SIGINT to SIGKILL.
     pub escalate_after: Option<Duration>,
+    pub networking: Networking,
+    pub on_failure: OnFailure,
+    pub tailscale: Tailscale,
     /// Where the file part came from, for the debug log.
     pub source: String,
+}
+
+/// The `[tailscale]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tailscale {
+    pub enabled: Enabled,
+    /// Paths of the binaries; `None`: search PATH.
+    pub tailscaled: Option<PathBuf>,
+    pub tailscale: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub boot_timeout: Duration,
+    pub hostname: Option<String>,
+    pub auth_key_file: Option<PathBuf>,
+    pub login_server: Option<String>,
+    pub accept_dns: bool,
+    pub advertise_tags: Vec<String>,
+    pub advertise_routes: Vec<String>,
+    pub up_timeout: Duration,
+    pub extra_up_args: Vec<String>,
+    pub tailscaled_args: Vec<String>,
+    pub socks5_server: String,
+    pub http_proxy: String,
+    pub export_proxy_env: bool,
+    pub log_level: log::LevelFilter,
+    pub logout_on_exit: bool,
+    pub keep_caps: bool,
 }
 
 impl Default for Config {
@@ -47,6 +151,31 @@ impl Default for Config {
             signal_target: SignalTarget::Process,
             grace_period: Duration::from_secs(5),
             escalate_after: None,
+            networking: Networking::Auto,
+            on_failure: OnFailure::Exit,
+            tailscale: Tailscale {
+                enabled: Enabled::Auto,
+                tailscaled: None,
+                tailscale: None,
+                state_dir: PathBuf::from("/var/lib/tailscale"),
+                socket: PathBuf::from("/var/run/tailscale/tailscaled.sock"),
+                boot_timeout: Duration::from_secs(60),
+                hostname: None,
+                auth_key_file: None,
+                login_server: None,
+                accept_dns: false,
+                advertise_tags: Vec::new(),
+                advertise_routes: Vec::new(),
+                up_timeout: Duration::from_secs(60),
+                extra_up_args: Vec::new(),
+                tailscaled_args: Vec::new(),
+                socks5_server: "localhost:1055".to_string(),
+                http_proxy: "localhost:1056".to_string(),
+                export_proxy_env: false,
+                log_level: log::LevelFilter::Debug,
+                logout_on_exit: false,
+                keep_caps: false,
+            },
             source: "built-in defaults".to_string(),
         }
     }
@@ -61,20 +190,190 @@ struct Layer {
     grace_period: Option<Duration>,
     #[serde(default, deserialize_with = "some_duration_or_off")]
     escalate_after: Option<Option<Duration>>,
+    networking: Option<Networking>,
+    on_failure: Option<OnFailure>,
+    tailscale: Option<TailscaleLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TailscaleLayer {
+    #[serde(default, deserialize_with = "some_enabled")]
+    enabled: Option<Enabled>,
+    tailscaled: Option<PathBuf>,
+    tailscale: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    #[serde(default, deserialize_with = "some_duration")]
+    boot_timeout: Option<Duration>,
+    hostname: Option<String>,
+    auth_key_file: Option<PathBuf>,
+    login_server: Option<String>,
+    #[serde(default, deserialize_with = "some_bool")]
+    accept_dns: Option<bool>,
+    #[serde(default, deserialize_with = "some_list")]
+    advertise_tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some_list")]
+    advertise_routes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some_duration")]
+    up_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "some_args")]
+    extra_up_args: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some_args")]
+    tailscaled_args: Option<Vec<String>>,
+    socks5_server: Option<String>,
+    http_proxy: Option<String>,
+    #[serde(default, deserialize_with = "some_bool")]
+    export_proxy_env: Option<bool>,
+    #[serde(default, deserialize_with = "some_level")]
+    log_level: Option<log::LevelFilter>,
+    #[serde(default, deserialize_with = "some_bool")]
+    logout_on_exit: Option<bool>,
+    #[serde(default, deserialize_with = "some_bool")]
+    keep_caps: Option<bool>,
+}
+
+/// Copies every `Some` field of `$from` into `$to`.
+macro_rules! overlay {
+    ($from:expr, $to:expr, $($field:ident),+ $(,)?) => {
+        $(if let Some(v) = $from.$field { $to.$field = v; })+
+    };
 }
 
 impl Layer {
     fn apply(self, config: &mut Config) {
-        if let Some(v) = self.signal_target {
-            config.signal_target = v;
-        }
-        if let Some(v) = self.grace_period {
-            config.grace_period = v;
-        }
-        if let Some(v) = self.escalate_after {
-            config.escalate_after = v;
+        overlay!(
+            self,
+            config,
+            signal_target,
+            grace_period,
+            escalate_after,
+            networking,
+            on_failure
+        );
+        if let Some(t) = self.tailscale {
+            let c = &mut config.tailscale;
+            overlay!(t, c, enabled, state_dir, socket, boot_timeout, accept_dns);
+            overlay!(
+                t,
+                c,
+                advertise_tags,
+                advertise_routes,
+                up_timeout,
+                extra_up_args
+            );
+            overlay!(
+                t,
+                c,
+                tailscaled_args,
+                socks5_server,
+                http_proxy,
+                export_proxy_env
+            );
+            overlay!(t, c, log_level, logout_on_exit, keep_caps);
+            let optional = [
+                (t.tailscaled, &mut c.tailscaled),
+                (t.tailscale, &mut c.tailscale),
+                (t.auth_key_file, &mut c.auth_key_file),
+            ];
+            for (value, slot) in optional {
+                if let Some(v) = value {
+                    *slot = (!v.as_os_str().is_empty()).then_some(v);
+                }
+            }
+            for (value, slot) in [
+                (t.hostname, &mut c.hostname),
+                (t.login_server, &mut c.login_server),
+            ] {
+                if let Some(v) = value {
+                    *slot = (!v.is_empty()).then_some(v);
+                }
+            }
         }
     }
+}
+
+/// A bool written as TOML `true`/`false`, or (from the environment) "true"/"false"/"1"/"0".
+fn some_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        B(bool),
+        S(String),
+    }
+    match B::deserialize(d)? {
+        B::B(b) => Ok(Some(b)),
+        B::S(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(Some(true)),
+            "false" | "0" | "no" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not a boolean: use true or false"
+            ))),
+        },
+    }
+}
+
+/// `true`, `false` or "auto".
+fn some_enabled<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Enabled>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum E {
+        B(bool),
+        S(String),
+    }
+    match E::deserialize(d)? {
+        E::B(true) => Ok(Some(Enabled::Yes)),
+        E::B(false) => Ok(Some(Enabled::No)),
+        E::S(s) => match s.trim() {
+            "auto" => Ok(Some(Enabled::Auto)),
+            "true" | "1" => Ok(Some(Enabled::Yes)),
+            "false" | "0" => Ok(Some(Enabled::No)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not allowed: use true, false or \"auto\""
+            ))),
+        },
+    }
+}
+
+/// A list: a TOML array of strings, or one string of items separated by commas/spaces.
+fn some_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    split_list(d, |s| {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// Command-line arguments: a TOML array, or one string split at whitespace (no quoting).
+fn some_args<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    split_list(d, |s| s.split_whitespace().map(str::to_string).collect())
+}
+
+fn split_list<'de, D: Deserializer<'de>>(
+    d: D,
+    split: fn(&str) -> Vec<String>,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        L(Vec<String>),
+        S(String),
+    }
+    Ok(Some(match L::deserialize(d)? {
+        L::L(v) => v,
+        L::S(s) => split(&s),
+    }))
+}
+
+/// A log level: "off", "error", "warn", "info", "debug" or "trace".
+fn some_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<log::LevelFilter>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not a log level: use \"off\", \"error\", \"warn\", \"info\", \"debug\" or \"trace\""
+        ))
+    })
 }
 
 struct DurationVisitor {
@@ -171,16 +470,27 @@ pub fn from_text(
         ..Config::default()
     };
     parse_layer(text, origin)?.apply(&mut config);
-    for key in KEYS {
-        let name = env_name(key);
-        if let Some(value) = env(&name) {
-            let snippet = format!("{key} = {}", toml_string(&value));
-            let layer: Layer = toml::from_str(&snippet).map_err(|e| ConfigError {
-                origin: format!("{name}={value:?}"),
-                message: e.message().trim().to_string(),
-            })?;
-            layer.apply(&mut config);
+    let containerboot = CONTAINERBOOT_ENV
+        .iter()
+        .map(|&(name, key)| (name.to_string(), key));
+    let ours = KEYS.iter().map(|&key| (env_name(key), key));
+    for (name, key) in containerboot.chain(ours) {
+        let Some(mut value) = env(&name) else {
+            continue;
+        };
+        if name == "TS_USERSPACE" {
+            value = match value.trim() {
+                "true" | "1" => "userspace".to_string(),
+                "false" | "0" => "kernel".to_string(),
+                _ => value,
+            };
         }
+        let snippet = format!("{key} = {}", toml_string(&value));
+        let layer: Layer = toml::from_str(&snippet).map_err(|e| ConfigError {
+            origin: format!("{name}={value:?}"),
+            message: e.message().trim().to_string(),
+        })?;
+        layer.apply(&mut config);
     }
     Ok(config)
 }
@@ -281,14 +591,27 @@ mod tests {
         // Uncommenting every `#key = value` line must give exactly the defaults.
         let uncommented: String = EMBEDDED
             .lines()
-            .filter_map(|l| l.strip_prefix('#').filter(|l| l.contains(" = ")))
+            .filter_map(|l| match l.strip_prefix('#') {
+                Some(setting) if setting.contains(" = ") => Some(setting),
+                Some(_) => None,
+                None => Some(l),
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         for key in KEYS {
-            assert!(uncommented.contains(&format!("{key} = ")), "{key} missing");
+            let leaf = key.rsplit('.').next().unwrap();
             assert!(
-                EMBEDDED.contains(&format!("env: {}", env_name(key))),
-                "{key}"
+                uncommented.contains(&format!("\n{leaf} = ")),
+                "{key} missing"
+            );
+            let env = format!("env: {}", env_name(key));
+            assert!(EMBEDDED.contains(&env), "{key}: no `{env}`");
+        }
+        for (name, key) in CONTAINERBOOT_ENV {
+            let documented = format!("also {name}");
+            assert!(
+                EMBEDDED.contains(&documented),
+                "{name} ({key}) not documented"
             );
         }
         let mut config = Config::default();
@@ -329,7 +652,7 @@ mod tests {
                 "grace = \"5s\"\n",
                 &[],
                 "FILE:1:1: unknown field `grace`, expected one of `signal_target`, \
-                 `grace_period`, `escalate_after`",
+                 `grace_period`, `escalate_after`, `networking`, `on_failure`, `tailscale`",
             ),
             (
                 "# comment\ngrace_period = 5\n",
@@ -366,6 +689,68 @@ mod tests {
             let err = load_text(text, env).unwrap_err();
             assert_eq!(err.to_string(), *want, "for {text:?} {env:?}");
         }
+    }
+
+    #[test]
+    fn tailscale_section_and_environment_compatibility() {
+        let file = "networking = \"kernel\"\n[tailscale]\nhostname = \"from-file\"\n\
+                    advertise_tags = [\"tag:a\"]\nextra_up_args = [\"--ssh\"]\n";
+        let c = load_text(file, &[]).unwrap();
+        assert_eq!(c.networking, Networking::Kernel);
+        assert_eq!(c.tailscale.hostname.as_deref(), Some("from-file"));
+        assert_eq!(c.tailscale.advertise_tags, ["tag:a"]);
+        assert_eq!(c.tailscale.extra_up_args, ["--ssh"]);
+
+        let c = load_text(
+            file,
+            &[
+                ("TS_USERSPACE", "true"),
+                ("TS_HOSTNAME", "from-ts-env"),
+                ("TS_ROUTES", "10.0.0.0/8,192.168.0.0/16"),
+                ("TS_EXTRA_ARGS", "--ssh  --shields-up"),
+                ("TS_ACCEPT_DNS", "true"),
+                ("TS_STATE_DIR", "/data/ts"),
+                ("TSINIT_TAILSCALE_ADVERTISE_TAGS", "tag:x, tag:y"),
+                ("TSINIT_TAILSCALE_ENABLED", "false"),
+                ("TSINIT_ON_FAILURE", "continue"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.networking, Networking::Userspace);
+        assert_eq!(c.tailscale.hostname.as_deref(), Some("from-ts-env"));
+        assert_eq!(
+            c.tailscale.advertise_routes,
+            ["10.0.0.0/8", "192.168.0.0/16"]
+        );
+        assert_eq!(c.tailscale.extra_up_args, ["--ssh", "--shields-up"]);
+        assert!(c.tailscale.accept_dns);
+        assert_eq!(c.tailscale.state_dir, PathBuf::from("/data/ts"));
+        assert_eq!(c.tailscale.advertise_tags, ["tag:x", "tag:y"]);
+        assert_eq!(c.tailscale.enabled, Enabled::No);
+        assert_eq!(c.on_failure, OnFailure::Continue);
+
+        // TSINIT_* wins over the containerboot name for the same setting.
+        let c = load_text(
+            "",
+            &[
+                ("TS_USERSPACE", "false"),
+                ("TSINIT_NETWORKING", "userspace"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.networking, Networking::Userspace);
+
+        let err = load_text("", &[("TS_ACCEPT_DNS", "maybe")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TS_ACCEPT_DNS=\"maybe\": `maybe` is not a boolean: use true or false"
+        );
+        let err = load_text("[tailscale]\nhostnme = \"x\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("FILE:2:1: unknown field `hostnme`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@ use crate::config::ConfigError;
 pub const EXIT_USAGE: i32 = 2;
 /// The configuration (file or TSINIT_* variable) is invalid.
 pub const EXIT_CONFIG: i32 = 78;
+/// The tailnet cannot be brought up (kernel networking required but unavailable,
+/// tailscaled or `tailscale up` failed with on_failure = "exit", a bad auth key).
+pub const EXIT_UNAVAILABLE: i32 = 69;
 /// tsinit itself could not set up (e.g. signal handling) before starting the workload.
 pub const EXIT_SETUP: i32 = 125;
 /// PROGRAM exists but cannot be executed.
@@ -22,6 +25,7 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub enum Error {
     Usage(String),
     Config(ConfigError),
+    Unavailable(String),
     Setup {
         what: &'static str,
         source: io::Error,
@@ -37,6 +41,7 @@ impl Error {
         match self {
             Error::Usage(_) => EXIT_USAGE,
             Error::Config(_) => EXIT_CONFIG,
+            Error::Unavailable(_) => EXIT_UNAVAILABLE,
             Error::Setup { .. } => EXIT_SETUP,
             Error::Spawn { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENOTDIR) => EXIT_NOT_FOUND,
@@ -51,6 +56,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(msg) => f.write_str(msg),
             Error::Config(e) => write!(f, "bad configuration: {e}"),
+            Error::Unavailable(msg) => f.write_str(msg),
             Error::Setup { what, source } => write!(f, "cannot {what}: {}", os_message(source)),
             Error::Spawn { program, source } => {
                 let program = program.to_string_lossy();
@@ -85,7 +91,7 @@ impl std::error::Error for Error {
         match self {
             Error::Setup { source, .. } | Error::Spawn { source, .. } => Some(source),
             Error::Config(e) => Some(e),
-            Error::Usage(_) => None,
+            Error::Usage(_) | Error::Unavailable(_) => None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::ffi::{OsString, c_int};
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -110,12 +111,68 @@ enum Remaining {
     Unknown,
 }
 
+/// Something tsinit runs beside the workload (tailscaled): tended after every wake-up,
+/// excluded from the leftover sweep, and stopped after it.
+pub trait Service {
+    /// When the service next needs attention (a restart due), if ever.
+    fn deadline(&self) -> Option<Instant>;
+    /// Looks after the service: notices its exit, restarts it when due.
+    fn tend(&mut self, init: &mut Init);
+    /// Its processes, left alone by the leftover sweep.
+    fn pids(&self) -> Vec<i32>;
+    /// Stops it; called after the workload and the leftovers are gone.
+    fn stop(&mut self, init: &mut Init);
+}
+
+/// No service: tsinit as a plain init.
+impl<S: Service> Service for Option<S> {
+    fn deadline(&self) -> Option<Instant> {
+        self.as_ref().and_then(|s| s.deadline())
+    }
+    fn tend(&mut self, init: &mut Init) {
+        if let Some(s) = self {
+            s.tend(init);
+        }
+    }
+    fn pids(&self) -> Vec<i32> {
+        self.as_ref().map(|s| s.pids()).unwrap_or_default()
+    }
+    fn stop(&mut self, init: &mut Init) {
+        if let Some(s) = self {
+            s.stop(init);
+        }
+    }
+}
+
+/// What ended one [`Init::pump`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woke {
+    /// The extra descriptor at this index is readable.
+    Ready(usize),
+    /// The caller's deadline passed.
+    Deadline,
+    /// Signals or children were handled; look at the state again.
+    Handled,
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 pub struct Init {
     signals: Signals,
     config: Config,
     mode: Mode,
     me: i32,
     reaper: Reaper,
+    workload: Option<Workload>,
+    workload_exit: Option<Exit>,
+    /// A stop signal (TERM, INT, QUIT, HUP) that arrived before the workload started.
+    stop: Option<c_int>,
+    escalate_at: Option<Instant>,
 }
 
 impl Init {
@@ -140,6 +197,10 @@ impl Init {
             mode,
             me,
             reaper: Reaper::default(),
+            workload: None,
+            workload_exit: None,
+            stop: None,
+            escalate_at: None,
         }
     }
 
@@ -147,9 +208,54 @@ impl Init {
         self.mode
     }
 
+    /// Setup for a background child (a service or CLI call): signal state restored, not
+    /// in the terminal's foreground, capabilities kept.
+    pub fn background_child(&self) -> sys::ChildSetup {
+        sys::ChildSetup {
+            signals: self.signals.for_child(),
+            foreground: false,
+            drop_caps: false,
+        }
+    }
+
+    /// Spawns `cmd` (prepared by the caller) and hands its exit to the reaper.
+    pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<i32> {
+        let child = cmd.spawn()?;
+        // `child` is dropped without waiting: the reaper owns every wait.
+        let pid = child.id() as i32;
+        self.reaper.watch(pid);
+        Ok(pid)
+    }
+
+    /// Hands the exit of a child the caller spawned itself to the reaper.
+    pub fn adopt(&mut self, pid: i32) {
+        self.reaper.watch(pid);
+    }
+
+    /// The exit status of a child spawned with [`Init::spawn`], once it has exited.
+    pub fn take_exit(&mut self, pid: i32) -> Option<Exit> {
+        self.reaper.take(pid)
+    }
+
+    /// A stop signal that arrived while no workload was running yet.
+    pub fn stop_requested(&self) -> Option<c_int> {
+        self.stop
+    }
+
+    /// How the workload ended, once it has.
+    pub fn workload_exit(&self) -> Option<Exit> {
+        self.workload_exit
+    }
+
     /// Starts the workload in its own process group, in the terminal's foreground, with
-    /// the signal mask and ignored signals tsinit was given.
-    pub fn spawn_workload(&mut self, program: &[OsString]) -> Result<Workload, Error> {
+    /// the signal mask and ignored signals tsinit was given, and `env` applied
+    /// (`None` removes a variable).
+    pub fn spawn_workload(
+        &mut self,
+        program: &[OsString],
+        env: &[(String, Option<String>)],
+        drop_net_caps: bool,
+    ) -> Result<(), Error> {
         let Some((name, args)) = program.split_first() else {
             return Err(Error::Usage(
                 "no PROGRAM given: tell tsinit what to run".into(),
@@ -157,77 +263,140 @@ impl Init {
         };
         let mut cmd = Command::new(name);
         cmd.args(args).process_group(0);
-        sys::prepare_child(&mut cmd, self.signals.for_child());
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+        for (key, value) in env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let setup = sys::ChildSetup {
+            signals: self.signals.for_child(),
+            foreground: true,
+            drop_caps: drop_net_caps,
+        };
+        sys::prepare_child(&mut cmd, setup);
+        let pid = self.spawn(&mut cmd).map_err(|source| Error::Spawn {
             program: name.clone(),
             source,
         })?;
-        // `child` is dropped without waiting: the reaper owns every wait.
-        let pid = child.id() as i32;
-        self.reaper.watch(pid);
         debug!("started workload {name:?} as pid {pid}");
-        Ok(Workload { pid })
+        self.workload = Some(Workload { pid });
+        Ok(())
     }
 
-    /// Forwards signals to the workload and reaps every child until the workload exits;
-    /// returns how it ended.
-    pub fn supervise(&mut self, workload: &Workload) -> Exit {
-        let mut escalate_at: Option<Instant> = None;
-        loop {
-            match self.signals.wait(escalate_at) {
-                Ok(Wake::Signals(list)) => {
-                    for info in list {
-                        if self.route(workload, info) {
-                            escalate_at = escalate_at
-                                .or_else(|| self.config.escalate_after.map(|d| Instant::now() + d));
-                        }
-                    }
+    /// Waits once: for a signal (forwarded to the workload, or remembered as a stop
+    /// request before it runs), an exited child (reaped), one of `fds` becoming readable,
+    /// or `deadline`. Never fails: problems are logged.
+    pub fn pump(&mut self, deadline: Option<Instant>, fds: &[BorrowedFd]) -> Woke {
+        let woke = match self
+            .signals
+            .wait_with(earliest(deadline, self.escalate_at), fds)
+        {
+            Ok(Wake::Signals(list)) => {
+                for info in list {
+                    self.route(info);
                 }
-                Ok(Wake::Deadline) => {
-                    escalate_at = None;
-                    if let Some(after) = self.config.escalate_after {
-                        warn!(
-                            "workload still running {} after being asked to stop: \
-                             sending SIGKILL (escalate_after)",
-                            duration::format(after)
-                        );
-                    }
-                    self.send_to_workload(workload, libc::SIGKILL);
+                Woke::Handled
+            }
+            Ok(Wake::Ready(i)) => Woke::Ready(i),
+            Ok(Wake::Deadline) => {
+                let now = Instant::now();
+                if self.escalate_at.is_some_and(|at| at <= now) {
+                    self.escalate_at = None;
+                    self.escalate();
                 }
-                Err(e) => {
-                    // Without the signalfd we cannot forward, but we can still reap.
-                    error!("cannot read signals: {e}; waiting for a child to exit instead");
-                    if let Err(e) = sys::reap_blocking() {
-                        error!("waitpid failed: {e}");
-                    }
+                if deadline.is_some_and(|at| at <= now) {
+                    Woke::Deadline
+                } else {
+                    Woke::Handled
                 }
             }
-            self.reaper.reap();
-            if let Some(exit) = self.reaper.take(workload.pid) {
-                debug!("workload (pid {}) ended: {}", workload.pid, describe(exit));
+            Err(e) => {
+                // Without the signalfd we cannot forward, but we can still reap.
+                error!("cannot read signals: {e}; waiting for a child to exit instead");
+                if let Err(e) = sys::reap_blocking() {
+                    error!("waitpid failed: {e}");
+                }
+                Woke::Handled
+            }
+        };
+        self.reaper.reap();
+        if let Some(w) = &self.workload
+            && self.workload_exit.is_none()
+            && let Some(exit) = self.reaper.take(w.pid)
+        {
+            debug!("workload (pid {}) ended: {}", w.pid, describe(exit));
+            self.workload_exit = Some(exit);
+        }
+        woke
+    }
+
+    /// Forwards signals to the workload and reaps every child, tending `services`
+    /// between wake-ups, until the workload exits; returns how it ended.
+    pub fn supervise(&mut self, services: &mut dyn Service) -> Exit {
+        loop {
+            if let Some(exit) = self.workload_exit {
                 return exit;
             }
+            services.tend(self);
+            if let Some(exit) = self.workload_exit {
+                return exit;
+            }
+            self.pump(services.deadline(), &[]);
         }
     }
 
-    /// Handles one received signal; true if it asked the workload to stop.
-    fn route(&self, workload: &Workload, info: sys::SigInfo) -> bool {
-        if info.signo == libc::SIGCHLD {
-            return false; // the caller reaps after every wake-up
+    fn escalate(&self) {
+        if let Some(after) = self.config.escalate_after {
+            warn!(
+                "workload still running {} after being asked to stop: \
+                 sending SIGKILL (escalate_after)",
+                duration::format(after)
+            );
+        }
+        self.send_to_workload(libc::SIGKILL);
+    }
+
+    /// Handles one received signal.
+    fn route(&mut self, info: sys::SigInfo) {
+        let sig = info.signo;
+        if sig == libc::SIGCHLD {
+            return; // the caller reaps after every wake-up
         }
         if info.pid == self.me as u32 {
             // E.g. SIGPIPE from writing our own log to a closed pipe: not the workload's.
             debug!(
                 "not forwarding {} raised by tsinit itself",
-                signals::name(info.signo)
+                signals::name(sig)
             );
-            return false;
+            return;
         }
-        self.send_to_workload(workload, info.signo);
-        matches!(info.signo, libc::SIGTERM | libc::SIGINT)
+        let stop_signal = matches!(
+            sig,
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGHUP
+        );
+        match (&self.workload, self.workload_exit) {
+            (Some(_), None) => {
+                self.send_to_workload(sig);
+                if matches!(sig, libc::SIGTERM | libc::SIGINT) && self.escalate_at.is_none() {
+                    self.escalate_at = self.config.escalate_after.map(|d| Instant::now() + d);
+                }
+            }
+            (None, _) if stop_signal => {
+                info!(
+                    "{} received before the workload started: stopping",
+                    signals::name(sig)
+                );
+                self.stop.get_or_insert(sig);
+            }
+            _ => debug!("ignoring {}: no workload is running", signals::name(sig)),
+        }
     }
 
-    fn send_to_workload(&self, workload: &Workload, sig: c_int) {
+    fn send_to_workload(&self, sig: c_int) {
+        let Some(workload) = &self.workload else {
+            return;
+        };
         let (target, whom) = match self.config.signal_target {
             SignalTarget::Process => (workload.pid, "workload"),
             SignalTarget::Group => (-workload.pid, "workload's process group"),
@@ -241,9 +410,10 @@ impl Init {
         }
     }
 
-    /// After the workload's exit: SIGTERM to every process tsinit is responsible for,
-    /// `grace_period` for them to exit, then SIGKILL to the rest; all of them reaped.
-    pub fn stop_leftovers(&mut self, workload: &Workload) {
+    /// After the workload's exit: SIGTERM to every process tsinit is responsible for
+    /// (except `services`), `grace_period` for them to exit, then SIGKILL to the rest;
+    /// all of them reaped.
+    pub fn stop_leftovers(&mut self, services: &[i32]) {
         let proc_ok = procs::shows_our_namespace(Path::new("/proc"));
         if !proc_ok {
             debug!(
@@ -255,7 +425,7 @@ impl Init {
             );
         }
         let grace = self.config.grace_period;
-        let first = match self.remaining(proc_ok) {
+        let first = match self.remaining(proc_ok, services) {
             Remaining::None => return,
             r => r,
         };
@@ -265,14 +435,14 @@ impl Init {
                 pids.len()
             );
         }
-        self.signal_remaining(&first, workload, libc::SIGTERM);
+        self.signal_remaining(&first, libc::SIGTERM);
         let start = Instant::now();
-        if self.wait_until_gone(proc_ok, start + grace) {
+        if self.wait_until_gone(proc_ok, services, start + grace) {
             debug!("remaining processes exited after {:?}", start.elapsed());
             return;
         }
         for _ in 0..3 {
-            let left = self.remaining(proc_ok);
+            let left = self.remaining(proc_ok, services);
             if let Remaining::Pids(pids) = &left {
                 warn!(
                     "{} process(es) still running {} after SIGTERM: sending SIGKILL",
@@ -280,8 +450,9 @@ impl Init {
                     duration::format(grace)
                 );
             }
-            self.signal_remaining(&left, workload, libc::SIGKILL);
-            if self.wait_until_gone(proc_ok, Instant::now() + Duration::from_secs(1)) {
+            self.signal_remaining(&left, libc::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            if self.wait_until_gone(proc_ok, services, deadline) {
                 return;
             }
         }
@@ -289,27 +460,55 @@ impl Init {
     }
 
     /// Reaps until nothing tsinit must stop is left (true) or `deadline` passes (false).
-    fn wait_until_gone(&mut self, proc_ok: bool, deadline: Instant) -> bool {
+    fn wait_until_gone(&mut self, proc_ok: bool, services: &[i32], deadline: Instant) -> bool {
         loop {
-            if matches!(self.remaining(proc_ok), Remaining::None) {
+            if matches!(self.remaining(proc_ok, services), Remaining::None) {
                 return true;
             }
-            match self.signals.wait(Some(deadline)) {
-                Ok(Wake::Deadline) => return false,
-                Ok(Wake::Signals(list)) => {
-                    for info in list.iter().filter(|i| i.signo != libc::SIGCHLD) {
-                        debug!("ignoring {} while stopping", signals::name(info.signo));
-                    }
-                }
-                Err(e) => {
-                    error!("cannot read signals: {e}");
-                    return false;
-                }
+            if self.pump(Some(deadline), &[]) == Woke::Deadline {
+                return false;
             }
         }
     }
 
-    fn remaining(&mut self, proc_ok: bool) -> Remaining {
+    /// Stops one service process: SIGTERM, up to `grace` to exit, then SIGKILL; reaped.
+    pub fn stop_process(&mut self, pid: i32, name: &str, grace: Duration) -> Option<Exit> {
+        if let Some(exit) = self.take_exit(pid) {
+            return Some(exit);
+        }
+        if let Err(e) = sys::kill(pid, libc::SIGTERM) {
+            debug!("cannot send SIGTERM to {name}: {e}");
+        }
+        if let Some(exit) = self.wait_exit(pid, Instant::now() + grace) {
+            return Some(exit);
+        }
+        warn!(
+            "{name} did not exit within {}: sending SIGKILL",
+            duration::format(grace)
+        );
+        if let Err(e) = sys::kill(pid, libc::SIGKILL) {
+            debug!("cannot send SIGKILL to {name}: {e}");
+        }
+        let exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(1));
+        if exit.is_none() {
+            warn!("{name} (pid {pid}) did not exit even after SIGKILL");
+        }
+        exit
+    }
+
+    /// Pumps until child `pid` has exited or `deadline` passes.
+    pub fn wait_exit(&mut self, pid: i32, deadline: Instant) -> Option<Exit> {
+        loop {
+            if let Some(exit) = self.take_exit(pid) {
+                return Some(exit);
+            }
+            if self.pump(Some(deadline), &[]) == Woke::Deadline {
+                return self.take_exit(pid);
+            }
+        }
+    }
+
+    fn remaining(&mut self, proc_ok: bool, services: &[i32]) -> Remaining {
         self.reaper.reap();
         // Every descendant that is still alive has us or another descendant as its
         // parent, so having no children means none is left. A subreaper is done then;
@@ -320,7 +519,8 @@ impl Init {
         if proc_ok {
             match procs::table(Path::new("/proc")) {
                 Ok(table) => {
-                    let pids = procs::responsible(&table, self.me, self.mode == Mode::Pid1, &[]);
+                    let whole = self.mode == Mode::Pid1;
+                    let pids = procs::responsible(&table, self.me, whole, services);
                     return if pids.is_empty() {
                         Remaining::None
                     } else {
@@ -337,13 +537,14 @@ impl Init {
         }
     }
 
-    fn signal_remaining(&self, remaining: &Remaining, workload: &Workload, sig: c_int) {
+    fn signal_remaining(&self, remaining: &Remaining, sig: c_int) {
         let targets: Vec<i32> = match remaining {
             Remaining::None => return,
             Remaining::Pids(pids) => pids.clone(),
-            Remaining::Unknown => match self.mode {
-                Mode::Pid1 => vec![-1],
-                Mode::Subreaper => vec![-workload.pid],
+            Remaining::Unknown => match (self.mode, &self.workload) {
+                (Mode::Pid1, _) => vec![-1],
+                (Mode::Subreaper, Some(w)) => vec![-w.pid],
+                (Mode::Subreaper, None) => return,
             },
         };
         for pid in targets {

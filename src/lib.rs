@@ -3,11 +3,16 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod error;
 pub mod init;
+pub mod localapi;
 pub mod logging;
+pub mod preflight;
 pub mod procs;
+pub mod service;
 pub mod signals;
 pub mod sys;
+pub mod tailscale;

@@ -14,6 +14,9 @@ pub fn init(verbosity: u8) {
     builder
         .target(env_logger::Target::Stderr)
         .format(|buf, record| {
+            if record.target() == "tailscaled" {
+                return writeln!(buf, "tailscaled: {}", record.args());
+            }
             let prefix = match record.level() {
                 Level::Error => "error: ",
                 Level::Warn => "warning: ",

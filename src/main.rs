@@ -7,12 +7,14 @@
 
 use std::ffi::{OsString, c_char, c_int};
 
-use log::debug;
+use log::{debug, warn};
 use tsinit::cli::{self, Invocation, USAGE, UsageError};
+use tsinit::config::OnFailure;
 use tsinit::error::{EXIT_USAGE, Error};
-use tsinit::init::{self, Init};
+use tsinit::init::{self, Init, Service};
+use tsinit::service::{self, BringupError};
 use tsinit::signals::Signals;
-use tsinit::{config, logging, sys};
+use tsinit::{commands, config, logging, sys, tailscale};
 
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
@@ -41,11 +43,9 @@ fn run(args: Vec<OsString>) -> i32 {
             println!("tsinit {}", env!("CARGO_PKG_VERSION"));
             return 0;
         }
-        Ok(Invocation::Subcommand(name)) => {
-            return fail(Error::Usage(format!(
-                "`tsinit {name}` is not available in this version; \
-                 to run a program named `{name}`, use `tsinit -- {name}`"
-            )));
+        Ok(Invocation::Subcommand(name, rest)) => {
+            logging::init(0);
+            return commands::run(&name, &rest);
         }
         Err(UsageError(msg)) => {
             eprintln!("tsinit: error: {msg}\n\n{USAGE}");
@@ -53,28 +53,70 @@ fn run(args: Vec<OsString>) -> i32 {
         }
     };
     logging::init(run_args.verbosity);
-    let config = match config::load(run_args.config.as_deref(), &|name| std::env::var(name).ok()) {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = match config::load(run_args.config.as_deref(), &env) {
         Ok(config) => config,
         Err(e) => return fail(Error::Config(e)),
     };
     debug!("configuration: {config:?}");
 
-    // 3. Become the init: PID 1 as is, otherwise a child subreaper.
-    let mut init = Init::new(signals, config);
-
-    // 4. Start the workload.
-    let workload = match init.spawn_workload(&run_args.program) {
-        Ok(workload) => workload,
+    // 3. Preflight: decide whether and how tailscaled runs (kernel or userspace).
+    let mut tailnet = match service::prepare(&config, &env) {
+        Ok(tailnet) => tailnet,
         Err(e) => return fail(e),
     };
+    let on_failure = config.on_failure;
 
-    // 5. Forward signals and reap until the workload exits.
-    let exit = init.supervise(&workload);
+    // 4. Become the init: PID 1 as is, otherwise a child subreaper.
+    let mut init = Init::new(signals, config);
 
-    // 6. Stop what is left: SIGTERM, grace period, SIGKILL.
-    init.stop_leftovers(&workload);
+    // 5. Start tailscaled and bring the node up (fail loudly, or go on as configured).
+    if let Some(t) = tailnet.as_mut() {
+        match t.start(&mut init) {
+            Ok(()) => {}
+            Err(BringupError::Stop(sig)) => {
+                t.stop(&mut init);
+                return 128 + sig;
+            }
+            Err(BringupError::Failed(why)) if on_failure == OnFailure::Continue => {
+                warn!("{why}\nstarting the workload anyway (on_failure = \"continue\")");
+                t.retry_later();
+            }
+            Err(BringupError::Failed(why)) => {
+                let code = fail(Error::Unavailable(format!(
+                    "{why}\n(on_failure = \"exit\"; set it to \"continue\" to start the workload anyway)"
+                )));
+                t.stop(&mut init);
+                return code;
+            }
+            Err(BringupError::WorkloadExited) => {}
+        }
+    }
 
-    // 7. Exit with the workload's status.
+    // 6. Start the workload, without the auth key and (unless configured) without
+    //    CAP_NET_ADMIN/CAP_NET_RAW.
+    let mut env: Vec<(String, Option<String>)> = tailscale::KEY_VARS
+        .iter()
+        .map(|v| (v.to_string(), None))
+        .collect();
+    let mut drop_caps = true;
+    if let Some(t) = &tailnet {
+        env.extend(t.workload_env());
+        drop_caps = !t.keep_caps();
+    }
+    if let Err(e) = init.spawn_workload(&run_args.program, &env, drop_caps) {
+        tailnet.stop(&mut init);
+        return fail(e);
+    }
+
+    // 7. Forward signals, reap, and keep tailscaled running until the workload exits.
+    let exit = init.supervise(&mut tailnet);
+
+    // 8. Stop what is left (SIGTERM, grace period, SIGKILL), then tailscaled.
+    init.stop_leftovers(&tailnet.pids());
+    tailnet.stop(&mut init);
+
+    // 9. Exit with the workload's status.
     init::exit_code(exit)
 }
 

@@ -5,7 +5,7 @@
 
 use std::ffi::c_int;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -48,6 +48,8 @@ pub fn is_routed(sig: c_int) -> bool {
 /// What woke tsinit up.
 pub enum Wake {
     Signals(Vec<SigInfo>),
+    /// The extra descriptor at this index became readable (or hung up).
+    Ready(usize),
     Deadline,
 }
 
@@ -85,6 +87,12 @@ impl Signals {
 
     /// Sleeps until a signal arrives or `deadline` passes (never, if `None`).
     pub fn wait(&self, deadline: Option<Instant>) -> io::Result<Wake> {
+        self.wait_with(deadline, &[])
+    }
+
+    /// Sleeps until a signal arrives, one of `extra` becomes readable, or `deadline`
+    /// passes. Signals come first when several are ready at once.
+    pub fn wait_with(&self, deadline: Option<Instant>, extra: &[BorrowedFd]) -> io::Result<Wake> {
         loop {
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -98,13 +106,21 @@ impl Signals {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            let mut fds = Vec::with_capacity(1 + extra.len());
+            fds.push(PollFd::new(self.fd.as_fd(), PollFlags::POLLIN));
+            fds.extend(extra.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
             match poll(&mut fds, timeout) {
                 Ok(0) => continue, // timed out: the deadline check above returns
                 Ok(_) => {
-                    let got = sys::read_signals(&self.fd)?;
-                    if !got.is_empty() {
-                        return Ok(Wake::Signals(got));
+                    let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                    if ready(&fds[0]) {
+                        let got = sys::read_signals(&self.fd)?;
+                        if !got.is_empty() {
+                            return Ok(Wake::Signals(got));
+                        }
+                    }
+                    if let Some(i) = fds[1..].iter().position(ready) {
+                        return Ok(Wake::Ready(i));
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}

@@ -202,17 +202,97 @@ pub struct ChildSignals {
     pub restore: [(c_int, bool); 4],
 }
 
-/// Prepares `cmd` so that the child: leads its own process group (set by the caller with
-/// `process_group(0)`), takes the terminal's foreground if stdin is a terminal, and gets
-/// back the signal dispositions and mask tsinit inherited.
-pub fn prepare_child(cmd: &mut Command, signals: ChildSignals) {
+/// Linux capability numbers of CAP_NET_ADMIN and CAP_NET_RAW.
+const NET_CAPS: [u32; 2] = [12, 13];
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Removes CAP_NET_ADMIN and CAP_NET_RAW from the calling process's bounding,
+/// inheritable and ambient sets, so a program it execs (even as root) cannot have them.
+/// Async-signal-safe: raw system calls only.
+fn drop_net_caps() -> io::Result<()> {
+    const VERSION_3: u32 = 0x2008_0522;
+    for cap in NET_CAPS {
+        // SAFETY: prctl with integer arguments only. EINVAL: the kernel does not know the
+        // capability; EPERM: we lack CAP_SETPCAP (then we are not root, and exec will not
+        // grant the capability from the bounding set anyway).
+        unsafe {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && !matches!(*libc::__errno_location(), libc::EINVAL | libc::EPERM)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_LOWER as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            );
+        }
+    }
+    let mut header = CapHeader {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and data are valid for capget/capset's version-3 layout (two data
+    // structs); both live across the calls.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for cap in NET_CAPS {
+            data[0].inheritable &= !(1 << cap);
+        }
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// How a child is set up between fork and exec.
+#[derive(Clone, Copy)]
+pub struct ChildSetup {
+    pub signals: ChildSignals,
+    /// Take the terminal's foreground if stdin is a terminal (the workload only).
+    pub foreground: bool,
+    /// Run without CAP_NET_ADMIN and CAP_NET_RAW.
+    pub drop_caps: bool,
+}
+
+/// Prepares `cmd` so that the child (which leads its own process group: the caller sets
+/// `process_group(0)`) gets back the signal dispositions and mask tsinit inherited,
+/// and, as `setup` says, takes the terminal's foreground and drops network capabilities.
+pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
+    let ChildSetup {
+        signals,
+        foreground,
+        drop_caps,
+    } = setup;
     let setup = move || -> io::Result<()> {
+        if drop_caps {
+            drop_net_caps()?;
+        }
         // Runs in the child between fork and exec: only async-signal-safe calls below.
         // SAFETY: isatty/getpid/tcsetpgrp take no pointers. SIGTTOU is still ignored here
         // (inherited from tsinit), so taking the foreground cannot stop us. A failure only
         // means no job control, which is no reason to refuse to start the workload.
         unsafe {
-            if libc::isatty(libc::STDIN_FILENO) == 1 {
+            if foreground && libc::isatty(libc::STDIN_FILENO) == 1 {
                 libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
             }
         }

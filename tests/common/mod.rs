@@ -209,28 +209,42 @@ impl Running {
             return s;
         }
         match self.exit.recv_timeout(timeout) {
-            Ok(s) => {
-                self.status = Some(s);
-                let (lock, cv) = &*self.output;
-                let guard = lock.lock().unwrap();
-                let (guard, res) = cv
-                    .wait_timeout_while(guard, Duration::from_secs(10), |c| c.closed < 2)
-                    .unwrap();
-                assert!(
-                    !res.timed_out(),
-                    "exited, but its output is still held open by a leftover process\n\
-                     --- stdout ---\n{}\n--- stderr ---\n{}",
-                    guard.stdout,
-                    guard.stderr
-                );
-                s
-            }
+            Ok(s) => self.wait_exit_after(s),
             Err(RecvTimeoutError::Timeout) => panic!(
                 "process did not exit within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
                 self.stdout(),
                 self.stderr()
             ),
             Err(RecvTimeoutError::Disconnected) => panic!("waiter thread died"),
+        }
+    }
+
+    /// Records the exit `s` and waits for the output pipes to close.
+    fn wait_exit_after(&mut self, s: (ExitStatus, Instant)) -> (ExitStatus, Instant) {
+        self.status = Some(s);
+        let (lock, cv) = &*self.output;
+        let guard = lock.lock().unwrap();
+        let (guard, res) = cv
+            .wait_timeout_while(guard, Duration::from_secs(10), |c| c.closed < 2)
+            .unwrap();
+        assert!(
+            !res.timed_out(),
+            "exited, but its output is still held open by a leftover process\n\
+             --- stdout ---\n{}\n--- stderr ---\n{}",
+            guard.stdout,
+            guard.stderr
+        );
+        s
+    }
+
+    /// Waits up to `timeout` for the exit; `None` if still running.
+    pub fn wait_exit_for(&mut self, timeout: Duration) -> Option<(ExitStatus, Instant)> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        match self.exit.recv_timeout(timeout) {
+            Ok(s) => Some(self.wait_exit_after(s)),
+            Err(_) => None,
         }
     }
 
@@ -371,4 +385,101 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
         );
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The directory holding tailscale and tailscaled 1.96.4, fetched (and sha256-checked)
+/// by scripts/fetch-tailscale on first use.
+pub fn tailscale_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-tailscale");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/fetch-tailscale");
+        assert!(out.status.success(), "scripts/fetch-tailscale failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// A network namespace of the test's own with a veth pair up (tailscaled treats a
+/// namespace with only `lo` as offline). Deleted when dropped.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        require_root();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tsinit-t{}-{n}", std::process::id());
+        let ns = NetNs { name };
+        ns.ip(&["netns", "add", &ns.name]);
+        let in_ns = |args: &[&str]| {
+            let mut full = vec!["-n", ns.name.as_str()];
+            full.extend_from_slice(args);
+            ns.ip(&full);
+        };
+        in_ns(&["link", "set", "lo", "up"]);
+        in_ns(&[
+            "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ]);
+        in_ns(&["addr", "add", "10.99.0.1/24", "dev", "veth0"]);
+        in_ns(&["link", "set", "veth0", "up"]);
+        in_ns(&["link", "set", "veth1", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let status = Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?} failed");
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Environment for a tsinit that runs real tailscaled inside a test namespace: state
+/// and socket under `dir`, no log upload, and a login server on a closed loopback port
+/// (so nothing ever tries to reach the internet).
+pub fn tailscale_env(cmd: &mut Command, dir: &Path) {
+    let path = format!(
+        "{}:{}",
+        tailscale_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.env("PATH", path)
+        .env("TSINIT_TAILSCALE_STATE_DIR", dir.join("state"))
+        .env("TSINIT_TAILSCALE_SOCKET", dir.join("run/tailscaled.sock"))
+        .env("TSINIT_TAILSCALE_TAILSCALED_ARGS", "--no-logs-no-support")
+        .env("TSINIT_TAILSCALE_LOGIN_SERVER", "http://127.0.0.1:9")
+        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "2s")
+        .env("TSINIT_TAILSCALE_HOSTNAME", "tsinit-test");
+    for var in ["TS_AUTHKEY", "TS_AUTH_KEY", "TAILSCALE_AUTHKEY"] {
+        cmd.env_remove(var);
+    }
+}
+
+/// tsinit as PID 1 inside `ns` with `args`, set up by [`tailscale_env`].
+pub fn pid1_in(ns: &NetNs, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = ns.cmd("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .arg(tsinit_bin())
+        .args(args);
+    tailscale_env(&mut cmd, dir);
+    cmd
 }

@@ -1,0 +1,143 @@
+//! The subcommands: `tsinit preflight` (can this container do kernel networking?) and
+//! `tsinit status` (is the node up? usable as a HEALTHCHECK).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config};
+use crate::error::{EXIT_USAGE, Error};
+use crate::localapi::LocalApi;
+use crate::preflight;
+use crate::service;
+
+/// The file, beside the LocalAPI socket, where tsinit notes the networking mode and why.
+fn mode_file(config: &Config) -> PathBuf {
+    let dir = config.tailscale.socket.parent().unwrap_or(Path::new("/"));
+    dir.join("tsinit.mode")
+}
+
+struct Options {
+    json: bool,
+    config: Option<PathBuf>,
+}
+
+fn options(args: &[OsString], allow_json: bool) -> Result<Options, Error> {
+    let mut opts = Options {
+        json: false,
+        config: None,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--json") if allow_json => opts.json = true,
+            Some("-c") | Some("--config") => {
+                let path = it
+                    .next()
+                    .ok_or_else(|| Error::Usage("`-c` needs a file path after it".into()))?;
+                opts.config = Some(PathBuf::from(path));
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "unknown argument `{}`",
+                    arg.to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(opts)
+}
+
+fn load(opts: &Options) -> Result<Config, Error> {
+    config::load(opts.config.as_deref(), &|name| std::env::var(name).ok()).map_err(Error::Config)
+}
+
+/// Runs a subcommand; returns the exit status.
+pub fn run(name: &str, args: &[OsString]) -> i32 {
+    let result = match name {
+        "preflight" => preflight(args),
+        "status" => status(args),
+        _ => Err(Error::Usage(format!("unknown subcommand `{name}`"))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tsinit: error: {e}");
+            if matches!(e, Error::Usage(_)) {
+                EXIT_USAGE
+            } else {
+                e.exit_code()
+            }
+        }
+    }
+}
+
+fn preflight(args: &[OsString]) -> Result<i32, Error> {
+    let opts = options(args, true)?;
+    let config = load(&opts)?;
+    let t = &config.tailscale;
+    let path_env = std::env::var("PATH").unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let hostname = service::system_hostname();
+    let report = preflight::run(&preflight::Inputs {
+        tun_path: Path::new(preflight::TUN_PATH),
+        may_mknod: false,
+        state_dir: &t.state_dir,
+        mountinfo: &mountinfo,
+        hostname: &hostname,
+        tailscaled: t.tailscaled.as_deref(),
+        tailscale: t.tailscale.as_deref(),
+        path_env: &path_env,
+    });
+    if opts.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.kernel_ok { 0 } else { 1 })
+}
+
+fn status(args: &[OsString]) -> Result<i32, Error> {
+    let opts = options(args, false)?;
+    let config = load(&opts)?;
+    let socket = &config.tailscale.socket;
+    let api = LocalApi::new(socket, Some(std::time::Duration::from_secs(5)));
+    let status = match api.status() {
+        Ok(s) => s,
+        Err(e) => {
+            println!("tailscaled: not reachable at {} ({e})", socket.display());
+            return Ok(1);
+        }
+    };
+    let mode = std::fs::read_to_string(mode_file(&config))
+        .map(|m| m.trim().to_string())
+        .unwrap_or_else(|_| if status.tun { "kernel" } else { "userspace" }.to_string());
+    let name = status
+        .self_
+        .as_ref()
+        .map(|s| s.dns_name.trim_end_matches('.').to_string());
+    println!("networking: {mode}");
+    println!("state: {}", status.backend_state);
+    println!(
+        "hostname: {}",
+        name.filter(|n| !n.is_empty()).unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "ips: {}",
+        if status.tailscale_ips.is_empty() {
+            "-".to_string()
+        } else {
+            status.tailscale_ips.join(" ")
+        }
+    );
+    for h in &status.health {
+        println!("health: {h}");
+    }
+    if !status.auth_url.is_empty() {
+        println!("login: {}", status.auth_url);
+    }
+    Ok(if status.backend_state == "Running" {
+        0
+    } else {
+        1
+    })
+}

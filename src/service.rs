@@ -1,0 +1,729 @@
+//! tailscaled as a supervised service: choosing kernel or userspace networking, starting
+//! it, waiting until its LocalAPI answers, bringing its settings in step with `tailscale
+//! up`/`set`, restarting it with backoff when it dies, and stopping it last.
+
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, log, warn};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use crate::config::{self, Config, Enabled, Networking};
+use crate::duration;
+use crate::error::Error;
+use crate::init::{Init, Service, Woke};
+use crate::localapi::{LocalApi, PendingRequest, Status};
+use crate::preflight;
+use crate::sys::Exit;
+use crate::tailscale::{self, AuthKey, Current, Desired, Plan};
+
+/// How many of tailscaled's last log lines are kept to explain a failure.
+const TAIL_LINES: usize = 20;
+/// The longest wait between two restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the bring-up did not finish.
+#[derive(Debug)]
+pub enum BringupError {
+    /// A stop signal arrived before the workload started.
+    Stop(c_int),
+    /// The workload exited while tsinit was busy with tailscaled.
+    WorkloadExited,
+    /// tailscaled or `tailscale up` failed; the message says why.
+    Failed(String),
+}
+
+struct Daemon {
+    pid: i32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Daemon {
+    fn last_lines(&self) -> String {
+        let tail = self.tail.lock().map(|t| t.clone()).unwrap_or_default();
+        if tail.is_empty() {
+            return "(it logged nothing)".to_string();
+        }
+        tail.iter()
+            .map(|l| format!("  tailscaled: {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// tailscaled and everything tsinit needs to run it.
+pub struct Tailnet {
+    tailscaled: PathBuf,
+    tailscale: PathBuf,
+    cfg: config::Tailscale,
+    userspace: bool,
+    /// "kernel", or "userspace" and why; `tsinit status` shows it.
+    mode_note: String,
+    desired: Desired,
+    key: Option<AuthKey>,
+    grace: Duration,
+    daemon: Option<Daemon>,
+    retry_at: Option<Instant>,
+    failures: u32,
+    /// Set while stopping: CLI calls then run to the end whatever else happens.
+    stopping: bool,
+}
+
+/// Decides whether and how tailscaled runs: finds the binaries, runs the preflight checks,
+/// picks kernel or userspace networking, finds the auth key. `Ok(None)`: no tailscale,
+/// tsinit is a plain init. Errors are for problems the user must fix first.
+pub fn prepare(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Tailnet>, Error> {
+    let t = &config.tailscale;
+    if t.enabled == Enabled::No {
+        debug!("tailscale.enabled = false: running as a plain init");
+        return Ok(None);
+    }
+    let path_env = env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+    let found = |configured: &Option<PathBuf>, name: &str| {
+        configured
+            .clone()
+            .or_else(|| preflight::find_in_path(name, &path_env))
+    };
+    let configured = t.tailscaled.is_some() || t.tailscale.is_some();
+    if t.enabled == Enabled::Auto
+        && !configured
+        && (found(&t.tailscaled, "tailscaled").is_none()
+            || found(&t.tailscale, "tailscale").is_none())
+    {
+        // Checked before preflight, which would create the state dir or /dev/net/tun.
+        info!("tailscaled not found in PATH: running as a plain init");
+        return Ok(None);
+    }
+    let hostname = system_hostname();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let report = preflight::run(&preflight::Inputs {
+        tun_path: Path::new(preflight::TUN_PATH),
+        may_mknod: config.networking != Networking::Userspace,
+        state_dir: &t.state_dir,
+        mountinfo: &mountinfo,
+        hostname: &hostname,
+        tailscaled: t.tailscaled.as_deref(),
+        tailscale: t.tailscale.as_deref(),
+        path_env: &path_env,
+    });
+    let (Some(tailscaled), Some(tailscale)) = (report.tailscaled.clone(), report.tailscale.clone())
+    else {
+        return Err(Error::Unavailable(format!(
+            "tailscaled and tailscale are needed but not found ({}); install them, set \
+             tailscale.tailscaled/tailscale.tailscale, or set tailscale.enabled = false",
+            problems(&report, &["binaries"])
+        )));
+    };
+    for check in &report.checks {
+        match check.outcome {
+            preflight::Outcome::Warn => warn!("{}{}", check.detail, fix_suffix(check)),
+            preflight::Outcome::Ok => debug!("preflight {}: {}", check.name, check.detail),
+            preflight::Outcome::Fail => debug!("preflight {} failed: {}", check.name, check.detail),
+        }
+    }
+    if report
+        .checks
+        .iter()
+        .any(|c| c.name == "state_dir" && c.outcome == preflight::Outcome::Fail)
+    {
+        return Err(Error::Unavailable(problems(&report, &["state_dir"])));
+    }
+    let kernel_problems = report.kernel_problems();
+    let (userspace, mode_note) = match (config.networking, &kernel_problems) {
+        (Networking::Userspace, _) => (true, "userspace (networking = \"userspace\")".to_string()),
+        (_, None) => (false, "kernel".to_string()),
+        (Networking::Kernel, Some(why)) => {
+            return Err(Error::Unavailable(format!(
+                "networking = \"kernel\" but this container cannot do kernel networking: {why}; \
+                 or set networking = \"auto\" to fall back to userspace networking"
+            )));
+        }
+        (Networking::Auto, Some(why)) => {
+            userspace_banner(why, t);
+            (
+                true,
+                format!("userspace (kernel networking unavailable: {why})"),
+            )
+        }
+    };
+    let desired = Desired::from_config(config, &hostname);
+    let key = tailscale::auth_key(
+        t.auth_key_file.as_deref(),
+        env,
+        Path::new(tailscale::SECRET_FILE),
+    )
+    .map_err(Error::Unavailable)?;
+    if let Some(key) = &key {
+        tailscale::check_key(key, &desired).map_err(Error::Unavailable)?;
+        debug!("auth key from {}", key.source);
+    }
+    Ok(Some(Tailnet {
+        tailscaled,
+        tailscale,
+        cfg: t.clone(),
+        userspace,
+        mode_note,
+        desired,
+        key,
+        grace: config.grace_period,
+        daemon: None,
+        retry_at: None,
+        failures: 0,
+        stopping: false,
+    }))
+}
+
+fn fix_suffix(check: &preflight::Check) -> String {
+    check
+        .fix
+        .as_ref()
+        .map(|f| format!(" (fix: {f})"))
+        .unwrap_or_default()
+}
+
+fn problems(report: &preflight::Report, names: &[&str]) -> String {
+    report
+        .checks
+        .iter()
+        .filter(|c| names.contains(&c.name) && c.outcome == preflight::Outcome::Fail)
+        .map(|c| format!("{}{}", c.detail, fix_suffix(c)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn userspace_banner(why: &str, t: &config::Tailscale) {
+    let rule = "-".repeat(72);
+    warn!(
+        "{rule}\n\
+         tsinit: warning: kernel networking is not available here, so tailscaled runs in\n\
+         tsinit: warning: USERSPACE networking mode. Why: {why}\n\
+         tsinit: warning: The workload reaches the tailnet only through the SOCKS5 proxy\n\
+         tsinit: warning: ALL_PROXY=socks5h://{} (set for it), and no tailscale0 exists.\n\
+         tsinit: warning: For kernel mode, apply the fixes above; to choose userspace and\n\
+         tsinit: warning: silence this, set networking = \"userspace\" (TSINIT_NETWORKING).\n\
+         tsinit: warning: {rule}",
+        t.socks5_server
+    );
+}
+
+/// The container's hostname.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// tailscaled's arguments.
+pub fn tailscaled_args(t: &config::Tailscale, userspace: bool) -> Vec<String> {
+    let mut args = vec![
+        format!("--statedir={}", t.state_dir.display()),
+        format!("--socket={}", t.socket.display()),
+    ];
+    if userspace {
+        args.push("--tun=userspace-networking".to_string());
+        args.push(format!("--socks5-server={}", t.socks5_server));
+        args.push(format!("--outbound-http-proxy-listen={}", t.http_proxy));
+    }
+    args.extend(t.tailscaled_args.iter().cloned());
+    args
+}
+
+impl Tailnet {
+    pub fn userspace(&self) -> bool {
+        self.userspace
+    }
+
+    /// What the workload's environment gets: TS_SOCKET, the proxy variables in userspace
+    /// mode; the auth key variables are removed.
+    pub fn workload_env(&self) -> Vec<(String, Option<String>)> {
+        let mut env = vec![(
+            "TS_SOCKET".to_string(),
+            Some(self.cfg.socket.display().to_string()),
+        )];
+        if self.userspace {
+            let socks = format!("socks5h://{}", self.cfg.socks5_server);
+            env.push(("ALL_PROXY".to_string(), Some(socks.clone())));
+            env.push(("all_proxy".to_string(), Some(socks)));
+            if self.cfg.export_proxy_env {
+                let http = format!("http://{}", self.cfg.http_proxy);
+                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    env.push((var.to_string(), Some(http.clone())));
+                }
+            }
+        }
+        env
+    }
+
+    /// Whether the workload keeps CAP_NET_ADMIN/CAP_NET_RAW.
+    pub fn keep_caps(&self) -> bool {
+        self.cfg.keep_caps
+    }
+
+    /// Starts tailscaled, waits until it answers, and brings its settings in step.
+    pub fn start(&mut self, init: &mut Init) -> Result<(), BringupError> {
+        let deadline = Instant::now() + self.cfg.boot_timeout;
+        if self.daemon.is_none() {
+            self.spawn(init)?;
+        }
+        let status = self.wait_ready(init, deadline)?;
+        self.converge(init, status)
+    }
+
+    fn spawn(&mut self, init: &mut Init) -> Result<(), BringupError> {
+        let failed = |what: &str, e: std::io::Error| {
+            BringupError::Failed(format!("cannot {what}: {}", crate::error::os_message(&e)))
+        };
+        if let Some(dir) = self.cfg.socket.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| failed(&format!("create {}", dir.display()), e))?;
+        }
+        if let Some(dir) = self.cfg.socket.parent()
+            && let Err(e) = std::fs::write(dir.join("tsinit.mode"), format!("{}\n", self.mode_note))
+        {
+            debug!("cannot note the networking mode for `tsinit status`: {e}");
+        }
+        // A socket left by a tailscaled that was killed would answer nothing.
+        if std::fs::symlink_metadata(&self.cfg.socket).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(&self.cfg.socket)
+                .map_err(|e| failed("remove the stale socket", e))?;
+        }
+        let args = tailscaled_args(&self.cfg, self.userspace);
+        debug!("starting {} {}", self.tailscaled.display(), args.join(" "));
+        let mut cmd = Command::new(&self.tailscaled);
+        cmd.args(&args)
+            .env("TS_LOGS_DIR", &self.cfg.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for var in tailscale::KEY_VARS {
+            cmd.env_remove(var);
+        }
+        crate::sys::prepare_child(&mut cmd, init.background_child());
+        let mut child = cmd.spawn().map_err(|e| failed("start tailscaled", e))?;
+        let pid = child.id() as i32;
+        init.adopt(pid);
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        if let Some(stderr) = child.stderr.take() {
+            forward_log(stderr, tail.clone(), self.cfg.log_level);
+        }
+        self.daemon = Some(Daemon { pid, tail });
+        Ok(())
+    }
+
+    /// Waits for the first LocalAPI status answer: the socket's appearance is watched
+    /// with inotify and the request is read when the socket is readable, so nothing
+    /// polls; tailscaled's exit ends the wait at once.
+    fn wait_ready(&mut self, init: &mut Init, deadline: Instant) -> Result<Status, BringupError> {
+        let started = Instant::now();
+        let socket = self.cfg.socket.clone();
+        let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| BringupError::Failed(format!("inotify: {e}")))?;
+        inotify
+            .add_watch(&dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+            .map_err(|e| BringupError::Failed(format!("cannot watch {}: {e}", dir.display())))?;
+        let mut pending: Option<PendingRequest> = None;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            self.check_interrupts(init)?;
+            if pending.is_none()
+                && retry_at.is_none_or(|at| at <= Instant::now())
+                && socket.exists()
+            {
+                retry_at = None;
+                match PendingRequest::start(&socket, "GET", "/localapi/v0/status", None) {
+                    Ok(p) => pending = Some(p),
+                    Err(e) => {
+                        // The socket file appears at bind(), a moment before listen():
+                        // no event marks that moment, so try again shortly.
+                        debug!("tailscaled not listening yet: {e}");
+                        retry_at = Some(Instant::now() + Duration::from_millis(10));
+                    }
+                }
+            }
+            let woke = {
+                let mut fds = vec![inotify.as_fd()];
+                if let Some(p) = &pending {
+                    fds.push(p.fd());
+                }
+                let until = retry_at.map_or(deadline, |r| r.min(deadline));
+                init.pump(Some(until), &fds)
+            };
+            match woke {
+                Woke::Ready(0) => {
+                    while let Ok(events) = inotify.read_events() {
+                        if events.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                Woke::Ready(_) => {
+                    let Some(p) = pending.as_mut() else { continue };
+                    match p.on_readable() {
+                        Ok(None) => {}
+                        Ok(Some(resp)) if resp.status == 200 => {
+                            let status: Status =
+                                serde_json::from_slice(&resp.body).map_err(|e| {
+                                    BringupError::Failed(format!(
+                                        "tailscaled's status is not JSON: {e}"
+                                    ))
+                                })?;
+                            debug!(
+                                "tailscaled {} ready after {:?}: {}",
+                                status.version,
+                                started.elapsed(),
+                                status.backend_state
+                            );
+                            return Ok(status);
+                        }
+                        Ok(Some(resp)) => {
+                            debug!(
+                                "tailscaled answered {}: {}",
+                                resp.status,
+                                String::from_utf8_lossy(&resp.body).trim()
+                            );
+                            pending = None;
+                            retry_at = Some(Instant::now() + Duration::from_millis(100));
+                        }
+                        Err(e) => {
+                            debug!("LocalAPI request failed: {e}");
+                            pending = None;
+                            retry_at = Some(Instant::now() + Duration::from_millis(100));
+                        }
+                    }
+                }
+                Woke::Deadline if Instant::now() >= deadline => {
+                    let lines = self
+                        .daemon
+                        .as_ref()
+                        .map(Daemon::last_lines)
+                        .unwrap_or_default();
+                    return Err(BringupError::Failed(format!(
+                        "tailscaled did not answer within {} (tailscale.boot_timeout); its last lines:\n{lines}",
+                        duration::format(self.cfg.boot_timeout)
+                    )));
+                }
+                Woke::Deadline | Woke::Handled => {}
+            }
+        }
+    }
+
+    /// Fails if a stop signal came, the workload ended, or tailscaled died.
+    fn check_interrupts(&mut self, init: &mut Init) -> Result<(), BringupError> {
+        if let Some(sig) = init.stop_requested() {
+            return Err(BringupError::Stop(sig));
+        }
+        if init.workload_exit().is_some() {
+            return Err(BringupError::WorkloadExited);
+        }
+        if let Some(d) = &self.daemon
+            && let Some(exit) = init.take_exit(d.pid)
+        {
+            let lines = d.last_lines();
+            self.daemon = None;
+            return Err(BringupError::Failed(format!(
+                "tailscaled exited ({}) before it was ready; its last lines:\n{lines}",
+                describe(exit)
+            )));
+        }
+        Ok(())
+    }
+
+    fn api(&self) -> LocalApi {
+        LocalApi::new(&self.cfg.socket, Some(Duration::from_secs(10)))
+    }
+
+    /// Brings tailscale's settings in step with the configuration (see `tailscale::plan`).
+    fn converge(&mut self, init: &mut Init, status: Status) -> Result<(), BringupError> {
+        let prefs = self
+            .api()
+            .prefs()
+            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's prefs: {e}")))?;
+        let current = Current {
+            backend_state: status.backend_state.clone(),
+            auth_url: status.auth_url.clone(),
+            hostname: prefs.hostname,
+            corp_dns: prefs.corp_dns,
+            no_stateful_filtering: prefs.no_stateful_filtering,
+            advertise_tags: prefs.advertise_tags,
+            advertise_routes: prefs.advertise_routes,
+            control_url: prefs.control_url,
+        };
+        match tailscale::plan(&current, &self.desired) {
+            Plan::Nothing => {
+                info!(
+                    "tailscale is up as {} ({}); nothing to change",
+                    self.desired.hostname, status.backend_state
+                );
+                Ok(())
+            }
+            Plan::Keep { reason } => {
+                warn!("{reason}");
+                Ok(())
+            }
+            Plan::Set(args) => {
+                info!("tailscale set {}", args.join(" "));
+                let mut full = vec!["set".to_string()];
+                full.extend(args);
+                self.run_cli(init, &full, false, Duration::from_secs(30))?;
+                Ok(())
+            }
+            Plan::Up { args, needs_key } => {
+                let with_key = needs_key && self.key.is_some();
+                if needs_key && !with_key {
+                    warn!(
+                        "tailscale is not logged in and no auth key was given \
+                         (TS_AUTHKEY, tailscale.auth_key_file, /run/secrets/ts_authkey): \
+                         starting an interactive login; open the URL below to log in"
+                    );
+                }
+                info!("tailscale up as {}", self.desired.hostname);
+                let mut full = vec!["up".to_string()];
+                full.extend(args);
+                let limit = self.cfg.up_timeout + Duration::from_secs(10);
+                self.run_cli(init, &full, with_key, limit)?;
+                let ips = self
+                    .api()
+                    .status()
+                    .map(|s| s.tailscale_ips.join(", "))
+                    .unwrap_or_default();
+                info!("tailscale is up as {} ({ips})", self.desired.hostname);
+                Ok(())
+            }
+            Plan::NeedsApproval => Err(BringupError::Failed(
+                "this machine is waiting for approval: an admin of the tailnet must approve \
+                 it (Machines page of the admin console)"
+                    .to_string(),
+            )),
+            Plan::Unexpected(state) => Err(BringupError::Failed(format!(
+                "tailscaled is in state {state}, which tsinit cannot act on"
+            ))),
+        }
+    }
+
+    /// Runs `tailscale --socket=... <args>`, reaped like every child; with `with_key`
+    /// the auth key is handed over in an anonymous memory file named by
+    /// `--auth-key=file:/proc/self/fd/N`, so it is in no argv and on no disk.
+    fn run_cli(
+        &mut self,
+        init: &mut Init,
+        args: &[String],
+        with_key: bool,
+        limit: Duration,
+    ) -> Result<String, BringupError> {
+        let io =
+            |what: &str, e: &dyn std::fmt::Display| BringupError::Failed(format!("{what}: {e}"));
+        let output = memfd_create(c"tailscale-output", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| io("memfd", &e))?;
+        let mut output = File::from(output);
+        let key_fd: Option<OwnedFd> = match (&self.key, with_key) {
+            (Some(key), true) => {
+                // Not close-on-exec: the CLI reads it as /proc/self/fd/N.
+                let fd = memfd_create(c"tailscale-auth-key", MFdFlags::empty())
+                    .map_err(|e| io("memfd", &e))?;
+                let mut f = File::from(fd);
+                f.write_all(key.key.as_bytes())
+                    .map_err(|e| io("memfd", &e))?;
+                Some(OwnedFd::from(f))
+            }
+            _ => None,
+        };
+        let mut cmd = Command::new(&self.tailscale);
+        cmd.arg(format!("--socket={}", self.cfg.socket.display()))
+            .args(args);
+        if let Some(fd) = &key_fd {
+            cmd.arg(format!("--auth-key=file:/proc/self/fd/{}", fd.as_raw_fd()));
+        }
+        let interactive = args.first().is_some_and(|a| a == "up") && !with_key;
+        let out = output.try_clone().map_err(|e| io("dup", &e))?;
+        let err = output.try_clone().map_err(|e| io("dup", &e))?;
+        cmd.stdin(Stdio::null()).process_group(0);
+        if interactive {
+            // Let the login URL reach the container's log as the CLI prints it.
+            cmd.stdout(Stdio::from(err)).stderr(Stdio::inherit());
+            drop(out);
+        } else {
+            cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+        }
+        for var in tailscale::KEY_VARS {
+            cmd.env_remove(var);
+        }
+        crate::sys::prepare_child(&mut cmd, init.background_child());
+        let shown = args.first().map(String::as_str).unwrap_or_default();
+        let pid = init
+            .spawn(&mut cmd)
+            .map_err(|e| io(&format!("cannot run tailscale {shown}"), &e))?;
+        drop(cmd); // closes our copies of the child's stdout/stderr
+        drop(key_fd); // the CLI has its own copy now
+        let deadline = Instant::now() + limit;
+        let exit = loop {
+            if let Some(exit) = init.take_exit(pid) {
+                break exit;
+            }
+            let interrupted = match self.stopping {
+                true => None,
+                false => init
+                    .stop_requested()
+                    .map(BringupError::Stop)
+                    .or_else(|| init.workload_exit().map(|_| BringupError::WorkloadExited)),
+            };
+            if let Some(why) = interrupted {
+                init.stop_process(pid, "tailscale", Duration::from_secs(2));
+                return Err(why);
+            }
+            if init.pump(Some(deadline), &[]) == Woke::Deadline {
+                init.stop_process(pid, "tailscale", Duration::from_secs(2));
+                return Err(BringupError::Failed(format!(
+                    "tailscale {shown} did not finish within {}",
+                    duration::format(limit)
+                )));
+            }
+        };
+        let mut text = String::new();
+        if output.rewind().is_ok() {
+            output.read_to_string(&mut text).ok();
+        }
+        if exit == Exit::Code(0) {
+            return Ok(text);
+        }
+        // The CLI only says "timeout"; the reason is in tailscaled's health messages.
+        let health = self
+            .api()
+            .status()
+            .map(|s| s.health.join("; "))
+            .unwrap_or_default();
+        let cli = text.trim().lines().last().unwrap_or_default().to_string();
+        Err(BringupError::Failed(match health.is_empty() {
+            true => format!("tailscale {shown} failed ({}): {cli}", describe(exit)),
+            false => format!("tailscale {shown} failed ({}): {health}", describe(exit)),
+        }))
+    }
+
+    fn schedule_retry(&mut self) {
+        let backoff = Duration::from_secs(1 << self.failures.min(5)).min(MAX_BACKOFF);
+        self.failures += 1;
+        self.retry_at = Some(Instant::now() + backoff);
+        warn!("retrying tailscale in {}", duration::format(backoff));
+    }
+}
+
+fn describe(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit code {c}"),
+        Exit::Signal(s) => format!("killed by {}", crate::signals::name(s)),
+    }
+}
+
+/// Passes tailscaled's stderr on, line by line, prefixed "tailscaled:", keeping the last
+/// lines for error messages.
+fn forward_log(
+    stderr: impl Read + Send + 'static,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    level: log::LevelFilter,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("tailscaled-log".to_string())
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(level) = level.to_level() {
+                    log!(target: "tailscaled", level, "{line}");
+                }
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the thread that passes on tailscaled's log: {e}");
+    }
+}
+
+impl Service for Tailnet {
+    fn deadline(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    fn tend(&mut self, init: &mut Init) {
+        if let Some(d) = &self.daemon
+            && let Some(exit) = init.take_exit(d.pid)
+        {
+            warn!(
+                "tailscaled exited ({}); its last lines:\n{}",
+                describe(exit),
+                d.last_lines()
+            );
+            self.daemon = None;
+            self.schedule_retry();
+        }
+        if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+            self.retry_at = None;
+            match self.start(init) {
+                Ok(()) => {
+                    info!("tailscale is back");
+                    self.failures = 0;
+                }
+                Err(BringupError::WorkloadExited) | Err(BringupError::Stop(_)) => {}
+                Err(BringupError::Failed(why)) => {
+                    warn!("{why}");
+                    self.schedule_retry();
+                }
+            }
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.daemon.iter().map(|d| d.pid).collect()
+    }
+
+    fn stop(&mut self, init: &mut Init) {
+        let Some(pid) = self.daemon.as_ref().map(|d| d.pid) else {
+            return;
+        };
+        self.stopping = true;
+        self.retry_at = None;
+        if self.cfg.logout_on_exit {
+            match self.run_cli(
+                init,
+                &["logout".to_string()],
+                false,
+                Duration::from_secs(10),
+            ) {
+                Ok(_) => info!("logged out of the tailnet (logout_on_exit)"),
+                Err(BringupError::Failed(why)) => warn!("logout_on_exit: {why}"),
+                Err(_) => {}
+            }
+        }
+        if let Some(exit) = init.stop_process(pid, "tailscaled", self.grace) {
+            debug!("tailscaled stopped: {}", describe(exit));
+        }
+        self.daemon = None;
+    }
+}
+
+impl Tailnet {
+    /// After a failed bring-up with on_failure = "continue": keep trying in the background.
+    pub fn retry_later(&mut self) {
+        self.schedule_retry();
+    }
+}

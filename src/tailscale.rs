@@ -1,0 +1,492 @@
+//! What the node should look like (from the configuration) and what it takes to get there
+//! from what tailscaled reports: nothing, `tailscale set`, or `tailscale up`. Also where
+//! the auth key comes from, and the node's default hostname. Pure logic; the effects
+//! (running the CLI) are in `service`.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::duration;
+
+/// The settings `tailscale up`/`set` manage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub hostname: String,
+    pub accept_dns: bool,
+    pub advertise_tags: Vec<String>,
+    pub advertise_routes: Vec<String>,
+    pub login_server: Option<String>,
+    pub up_timeout: String,
+    pub extra_up_args: Vec<String>,
+}
+
+impl Desired {
+    pub fn from_config(config: &Config, system_hostname: &str) -> Desired {
+        let t = &config.tailscale;
+        Desired {
+            hostname: t
+                .hostname
+                .clone()
+                .unwrap_or_else(|| dns_label(system_hostname)),
+            accept_dns: t.accept_dns,
+            advertise_tags: t.advertise_tags.clone(),
+            advertise_routes: t.advertise_routes.clone(),
+            login_server: t.login_server.clone(),
+            up_timeout: duration::format(t.up_timeout),
+            extra_up_args: t.extra_up_args.clone(),
+        }
+    }
+}
+
+/// What tailscaled reported, as far as the decision needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Current {
+    pub backend_state: String,
+    pub auth_url: String,
+    pub hostname: String,
+    pub corp_dns: bool,
+    pub no_stateful_filtering: bool,
+    pub advertise_tags: Vec<String>,
+    pub advertise_routes: Vec<String>,
+    pub control_url: String,
+}
+
+/// What to do to reach the desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Logged in and every managed setting matches: no CLI call at all.
+    Nothing,
+    /// Logged in; `tailscale set` with these arguments fixes what differs.
+    Set(Vec<String>),
+    /// Not logged in (or stopped): `tailscale up` with the full desired flag set; the key
+    /// argument is added by the caller if there is a key.
+    Up { args: Vec<String>, needs_key: bool },
+    /// Logged in, but a setting only a new login could change differs (tags, login
+    /// server): left alone with a warning, because tsinit never re-registers a node.
+    Keep { reason: String },
+    /// An administrator must approve the machine in the admin console.
+    NeedsApproval,
+    /// tailscaled is in a state tsinit cannot act on.
+    Unexpected(String),
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// Decides what to do. `Starting`/`Running` count as logged in.
+pub fn plan(current: &Current, desired: &Desired) -> Plan {
+    match current.backend_state.as_str() {
+        "Running" | "Starting" => {}
+        "NeedsLogin" | "NoState" => {
+            return Plan::Up {
+                args: up_args(desired),
+                needs_key: true,
+            };
+        }
+        // Logged in before, then `tailscale down`: `up` brings it back without a key.
+        "Stopped" => {
+            return Plan::Up {
+                args: up_args(desired),
+                needs_key: false,
+            };
+        }
+        "NeedsMachineAuth" => return Plan::NeedsApproval,
+        other => return Plan::Unexpected(other.to_string()),
+    }
+    if !same_set(&current.advertise_tags, &desired.advertise_tags) {
+        return Plan::Keep {
+            reason: format!(
+                "advertised tags are [{}] but the configuration asks for [{}]; changing tags \
+                 needs a new login, which tsinit never does by itself",
+                current.advertise_tags.join(","),
+                desired.advertise_tags.join(",")
+            ),
+        };
+    }
+    if let Some(server) = &desired.login_server
+        && server.trim_end_matches('/') != current.control_url.trim_end_matches('/')
+    {
+        return Plan::Keep {
+            reason: format!(
+                "logged in to {} but the configuration names {server}; switching needs a new \
+                 login, which tsinit never does by itself",
+                current.control_url
+            ),
+        };
+    }
+    let mut set = Vec::new();
+    if current.hostname != desired.hostname {
+        set.push(format!("--hostname={}", desired.hostname));
+    }
+    if current.corp_dns != desired.accept_dns {
+        set.push(format!("--accept-dns={}", desired.accept_dns));
+    }
+    if !current.no_stateful_filtering {
+        set.push("--stateful-filtering=false".to_string());
+    }
+    if !same_set(&current.advertise_routes, &desired.advertise_routes) {
+        set.push(format!(
+            "--advertise-routes={}",
+            desired.advertise_routes.join(",")
+        ));
+    }
+    if set.is_empty() {
+        Plan::Nothing
+    } else {
+        Plan::Set(set)
+    }
+}
+
+/// The full flag set for `tailscale up --reset` (always accepted, whatever was set before).
+pub fn up_args(desired: &Desired) -> Vec<String> {
+    let mut args = vec![
+        "--reset".to_string(),
+        format!("--hostname={}", desired.hostname),
+        format!("--accept-dns={}", desired.accept_dns),
+        "--stateful-filtering=false".to_string(),
+        format!("--timeout={}", desired.up_timeout),
+    ];
+    if !desired.advertise_tags.is_empty() {
+        args.push(format!(
+            "--advertise-tags={}",
+            desired.advertise_tags.join(",")
+        ));
+    }
+    if !desired.advertise_routes.is_empty() {
+        args.push(format!(
+            "--advertise-routes={}",
+            desired.advertise_routes.join(",")
+        ));
+    }
+    if let Some(server) = &desired.login_server {
+        args.push(format!("--login-server={server}"));
+    }
+    args.extend(desired.extra_up_args.iter().cloned());
+    args
+}
+
+/// An auth key and where it was found (the key itself is never logged).
+pub struct AuthKey {
+    pub key: String,
+    pub source: String,
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "AuthKey(from {})", self.source)
+    }
+}
+
+/// Environment variables that may hold an auth key; they never reach the workload.
+pub const KEY_VARS: [&str; 3] = ["TS_AUTHKEY", "TS_AUTH_KEY", "TAILSCALE_AUTHKEY"];
+
+/// The Docker/Compose secret tsinit looks for last.
+pub const SECRET_FILE: &str = "/run/secrets/ts_authkey";
+
+/// Finds the auth key: the configured file, else $TS_AUTHKEY / $TS_AUTH_KEY /
+/// $TAILSCALE_AUTHKEY, else the files their `*_FILE` variants name, else
+/// /run/secrets/ts_authkey. A named file that cannot be read is an error.
+pub fn auth_key(
+    configured: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    secret_file: &Path,
+) -> Result<Option<AuthKey>, String> {
+    let read = |path: &Path, source: String| -> Result<Option<AuthKey>, String> {
+        let key = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the auth key file {} ({source}): {}",
+                path.display(),
+                crate::error::os_message(&e)
+            )
+        })?;
+        Ok(non_empty(key, source))
+    };
+    if let Some(path) = configured {
+        return read(path, "tailscale.auth_key_file".to_string());
+    }
+    for var in KEY_VARS {
+        if let Some(key) = env(var).and_then(|v| non_empty(v, format!("${var}"))) {
+            return Ok(Some(key));
+        }
+    }
+    for var in KEY_VARS.map(|v| format!("{v}_FILE")) {
+        if let Some(path) = env(&var).filter(|p| !p.is_empty()) {
+            return read(Path::new(&path), format!("${var}"));
+        }
+    }
+    if secret_file.exists() {
+        return read(secret_file, secret_file.display().to_string());
+    }
+    Ok(None)
+}
+
+fn non_empty(key: String, source: String) -> Option<AuthKey> {
+    let key = key.trim().to_string();
+    (!key.is_empty()).then_some(AuthKey { key, source })
+}
+
+/// An OAuth client secret works as a key only with tags: say so before trying.
+pub fn check_key(key: &AuthKey, desired: &Desired) -> Result<(), String> {
+    if key.key.starts_with("tskey-client-") && desired.advertise_tags.is_empty() {
+        return Err(format!(
+            "the auth key from {} is an OAuth client secret, which needs tags: set \
+             tailscale.advertise_tags (or TSINIT_TAILSCALE_ADVERTISE_TAGS), e.g. \"tag:container\"",
+            key.source
+        ));
+    }
+    Ok(())
+}
+
+/// `name` as a valid DNS label: lower case, [a-z0-9-], no leading/trailing '-', at most
+/// 63 characters; "tsinit" if nothing is left.
+pub fn dns_label(name: &str) -> String {
+    let first = name.split('.').next().unwrap_or_default();
+    let mut label: String = first
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() { c } else { '-' }
+        })
+        .collect();
+    label.truncate(63);
+    let label = label.trim_matches('-');
+    if label.is_empty() {
+        "tsinit".to_string()
+    } else {
+        label.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> Desired {
+        Desired {
+            hostname: "web".into(),
+            accept_dns: false,
+            advertise_tags: vec![],
+            advertise_routes: vec!["10.0.0.0/8".into()],
+            login_server: None,
+            up_timeout: "60s".into(),
+            extra_up_args: vec!["--ssh".into()],
+        }
+    }
+
+    fn running() -> Current {
+        Current {
+            backend_state: "Running".into(),
+            hostname: "web".into(),
+            corp_dns: false,
+            no_stateful_filtering: true,
+            advertise_routes: vec!["10.0.0.0/8".into()],
+            control_url: "https://controlplane.tailscale.com".into(),
+            ..Current::default()
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let full = up_args(&desired());
+        let cases: Vec<(&str, Current, Plan)> = vec![
+            ("in step", running(), Plan::Nothing),
+            (
+                "starting counts as logged in",
+                Current {
+                    backend_state: "Starting".into(),
+                    ..running()
+                },
+                Plan::Nothing,
+            ),
+            (
+                "hostname and dns differ",
+                Current {
+                    hostname: "old".into(),
+                    corp_dns: true,
+                    ..running()
+                },
+                Plan::Set(vec!["--hostname=web".into(), "--accept-dns=false".into()]),
+            ),
+            (
+                "stateful filtering on",
+                Current {
+                    no_stateful_filtering: false,
+                    ..running()
+                },
+                Plan::Set(vec!["--stateful-filtering=false".into()]),
+            ),
+            (
+                "routes differ",
+                Current {
+                    advertise_routes: vec![],
+                    ..running()
+                },
+                Plan::Set(vec!["--advertise-routes=10.0.0.0/8".into()]),
+            ),
+            (
+                "logged out",
+                Current {
+                    backend_state: "NeedsLogin".into(),
+                    ..Current::default()
+                },
+                Plan::Up {
+                    args: full.clone(),
+                    needs_key: true,
+                },
+            ),
+            (
+                "fresh",
+                Current {
+                    backend_state: "NoState".into(),
+                    ..Current::default()
+                },
+                Plan::Up {
+                    args: full.clone(),
+                    needs_key: true,
+                },
+            ),
+            (
+                "stopped",
+                Current {
+                    backend_state: "Stopped".into(),
+                    ..running()
+                },
+                Plan::Up {
+                    args: full.clone(),
+                    needs_key: false,
+                },
+            ),
+            (
+                "needs approval",
+                Current {
+                    backend_state: "NeedsMachineAuth".into(),
+                    ..running()
+                },
+                Plan::NeedsApproval,
+            ),
+        ];
+        for (what, current, want) in cases {
+            assert_eq!(plan(&current, &desired()), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn never_relogs_for_tags_or_login_server() {
+        let tagged = Current {
+            advertise_tags: vec!["tag:old".into()],
+            ..running()
+        };
+        assert!(matches!(plan(&tagged, &desired()), Plan::Keep { .. }));
+        let mut other = desired();
+        other.login_server = Some("https://headscale.example".into());
+        assert!(matches!(plan(&running(), &other), Plan::Keep { .. }));
+        other.login_server = Some("https://controlplane.tailscale.com/".into());
+        assert_eq!(plan(&running(), &other), Plan::Nothing);
+    }
+
+    #[test]
+    fn up_args_are_complete_and_explicit() {
+        let mut d = desired();
+        d.advertise_tags = vec!["tag:a".into(), "tag:b".into()];
+        d.login_server = Some("http://127.0.0.1:9".into());
+        assert_eq!(
+            up_args(&d),
+            [
+                "--reset",
+                "--hostname=web",
+                "--accept-dns=false",
+                "--stateful-filtering=false",
+                "--timeout=60s",
+                "--advertise-tags=tag:a,tag:b",
+                "--advertise-routes=10.0.0.0/8",
+                "--login-server=http://127.0.0.1:9",
+                "--ssh",
+            ]
+        );
+    }
+
+    #[test]
+    fn finds_the_key_in_order() {
+        let dir = std::env::temp_dir().join(format!("tsinit-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "  tskey-auth-file\n").unwrap();
+        let secret = dir.join("secret");
+        let none = |_: &str| None;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
+        };
+        let found = |r: Result<Option<AuthKey>, String>| r.unwrap().map(|k| (k.key, k.source));
+
+        assert_eq!(found(auth_key(None, &none, &secret)), None);
+        assert_eq!(
+            found(auth_key(Some(&file), &env(&[("TS_AUTHKEY", "x")]), &secret)),
+            Some(("tskey-auth-file".into(), "tailscale.auth_key_file".into()))
+        );
+        assert_eq!(
+            found(auth_key(
+                None,
+                &env(&[("TS_AUTH_KEY", "b"), ("TAILSCALE_AUTHKEY", "c")]),
+                &secret
+            )),
+            Some(("b".into(), "$TS_AUTH_KEY".into()))
+        );
+        let file_env = move |k: &str| (k == "TS_AUTHKEY_FILE").then(|| file.display().to_string());
+        assert_eq!(
+            found(auth_key(None, &file_env, &secret)).map(|k| k.0),
+            Some("tskey-auth-file".into())
+        );
+        std::fs::write(&secret, "tskey-secret").unwrap();
+        assert_eq!(
+            found(auth_key(None, &none, &secret)).map(|k| k.0),
+            Some("tskey-secret".into())
+        );
+        let err = auth_key(Some(Path::new("/nonexistent/k")), &none, &secret).unwrap_err();
+        assert_eq!(
+            err,
+            "cannot read the auth key file /nonexistent/k (tailscale.auth_key_file): \
+             No such file or directory"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn oauth_secret_needs_tags() {
+        let key = AuthKey {
+            key: "tskey-client-abc".into(),
+            source: "$TS_AUTHKEY".into(),
+        };
+        let err = check_key(&key, &desired()).unwrap_err();
+        assert!(err.contains("OAuth client secret") && err.contains("advertise_tags"));
+        assert!(
+            !err.contains("abc"),
+            "the secret must not be in the message"
+        );
+        let mut tagged = desired();
+        tagged.advertise_tags = vec!["tag:ci".into()];
+        assert_eq!(check_key(&key, &tagged), Ok(()));
+        assert_eq!(format!("{key:?}"), "AuthKey(from $TS_AUTHKEY)");
+    }
+
+    #[test]
+    fn dns_labels() {
+        let long = "a".repeat(80);
+        let cases = [
+            ("web", "web"),
+            ("Web_Server 1", "web-server-1"),
+            ("host.example.com", "host"),
+            ("--x--", "x"),
+            ("", "tsinit"),
+            ("ümlaut", "mlaut"),
+            (long.as_str(), &long[..63]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(dns_label(input), want, "{input}");
+        }
+    }
+}
