@@ -18,7 +18,7 @@ pub const EMBEDDED: &str = include_str!("../rootfs/etc/tsinit/tsinit.toml");
 
 /// Every setting's key, in the order the reference lists them. Each can be overridden by
 /// the environment variable [`env_name`] gives.
-pub const KEYS: [&str; 26] = [
+pub const KEYS: [&str; 27] = [
     "signal_target",
     "grace_period",
     "escalate_after",
@@ -43,6 +43,7 @@ pub const KEYS: [&str; 26] = [
     "tailscale.http_proxy",
     "tailscale.export_proxy_env",
     "tailscale.log_level",
+    "tailscale.log_file",
     "tailscale.logout_on_exit",
     "tailscale.keep_caps",
 ];
@@ -141,6 +142,8 @@ pub struct Tailscale {
     pub http_proxy: String,
     pub export_proxy_env: bool,
     pub log_level: log::LevelFilter,
+    /// Append tailscaled's log here instead of passing it on to stderr.
+    pub log_file: Option<PathBuf>,
     pub logout_on_exit: bool,
     pub keep_caps: bool,
 }
@@ -173,6 +176,7 @@ impl Default for Config {
                 http_proxy: "localhost:1056".to_string(),
                 export_proxy_env: false,
                 log_level: log::LevelFilter::Debug,
+                log_file: None,
                 logout_on_exit: false,
                 keep_caps: false,
             },
@@ -227,6 +231,7 @@ struct TailscaleLayer {
     export_proxy_env: Option<bool>,
     #[serde(default, deserialize_with = "some_level")]
     log_level: Option<log::LevelFilter>,
+    log_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "some_bool")]
     logout_on_exit: Option<bool>,
     #[serde(default, deserialize_with = "some_bool")]
@@ -275,6 +280,7 @@ impl Layer {
                 (t.tailscaled, &mut c.tailscaled),
                 (t.tailscale, &mut c.tailscale),
                 (t.auth_key_file, &mut c.auth_key_file),
+                (t.log_file, &mut c.log_file),
             ];
             for (value, slot) in optional {
                 if let Some(v) = value {

@@ -321,7 +321,25 @@ impl Tailnet {
         init.adopt(pid);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         if let Some(stderr) = child.stderr.take() {
-            forward_log(stderr, tail.clone(), self.cfg.log_level);
+            let sink = match &self.cfg.log_file {
+                None => LogSink::Log(self.cfg.log_level),
+                Some(path) => match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
+                    Ok(file) => LogSink::File(file),
+                    Err(e) => {
+                        warn!(
+                            "cannot open tailscale.log_file {}: {}; passing tailscaled's log on instead",
+                            path.display(),
+                            crate::error::os_message(&e)
+                        );
+                        LogSink::Log(self.cfg.log_level)
+                    }
+                },
+            };
+            forward_log(stderr, tail.clone(), sink);
         }
         self.daemon = Some(Daemon { pid, tail });
         Ok(())
@@ -631,20 +649,33 @@ fn describe(exit: Exit) -> String {
     }
 }
 
-/// Passes tailscaled's stderr on, line by line, prefixed "tailscaled:", keeping the last
-/// lines for error messages.
+/// Where tailscaled's log lines go.
+enum LogSink {
+    /// tsinit's log, at this level, prefixed "tailscaled:".
+    Log(log::LevelFilter),
+    File(File),
+}
+
+/// Passes tailscaled's stderr on line by line, keeping the last lines for error messages.
 fn forward_log(
     stderr: impl Read + Send + 'static,
     tail: Arc<Mutex<VecDeque<String>>>,
-    level: log::LevelFilter,
+    mut sink: LogSink,
 ) {
     let spawned = std::thread::Builder::new()
         .name("tailscaled-log".to_string())
         .spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(level) = level.to_level() {
-                    log!(target: "tailscaled", level, "{line}");
+                match &mut sink {
+                    LogSink::Log(level) => {
+                        if let Some(level) = level.to_level() {
+                            log!(target: "tailscaled", level, "{line}");
+                        }
+                    }
+                    LogSink::File(file) => {
+                        writeln!(file, "{line}").ok();
+                    }
                 }
                 if let Ok(mut t) = tail.lock() {
                     if t.len() == TAIL_LINES {

@@ -66,11 +66,22 @@ fn userspace_mode_serves_socks5_and_points_the_workload_at_it() {
         ip link show tailscale0 2>/dev/null && echo "unexpected tailscale0"
         exit 0
     "#;
-    let mut cmd = pid1_in(&ns, dir.path(), &["--", "bash", "-c", script]);
+    let log = dir.path().join("tailscaled.log");
+    let mut cmd = pid1_in(&ns, dir.path(), &["-v", "--", "bash", "-c", script]);
     cmd.env("TSINIT_NETWORKING", "userspace")
-        .env("TSINIT_ON_FAILURE", "continue");
+        .env("TSINIT_ON_FAILURE", "continue")
+        .env("TSINIT_TAILSCALE_LOG_FILE", &log);
     let mut r = Running::start(cmd);
     assert_eq!(r.code(), 0, "{}", r.stderr());
+    // tailscaled's log went to the file, not to stderr (even at -v).
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("Switching ipn state"), "{logged}");
+    let passed_on = r
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with("tailscaled:"))
+        .count();
+    assert_eq!(passed_on, 0, "{}", r.stderr());
     let out = r.stdout();
     assert!(out.contains("socks5 listening"), "{out}");
     assert!(out.contains("ALL_PROXY=socks5h://localhost:1055"), "{out}");
@@ -337,4 +348,51 @@ fn status_and_preflight_subcommands() {
         names,
         ["tun", "net_admin", "net_raw", "state_dir", "binaries"]
     );
+}
+
+/// A SIGTERM while tsinit is still bringing tailscale up (docker stop right after
+/// start) stops everything at once: the workload never starts, status 143.
+#[test]
+fn sigterm_during_bring_up_stops_without_starting_the_workload() {
+    let ns = NetNs::new();
+    let dir = TempDir::new("term-bringup");
+    let marker = dir.path().join("workload-ran");
+    let script = format!("touch {}", marker.display());
+    let mut cmd = pid1_in(&ns, dir.path(), &["-v", "--", "sh", "-c", &script]);
+    cmd.env("TS_AUTHKEY", KEY)
+        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "30s");
+    let mut r = Running::start(cmd);
+    // `tailscale up` is running (it would take 30 s against the closed login server).
+    r.wait_output(true, Duration::from_secs(20), |e| {
+        e.contains("tailscale up as")
+    });
+    let sent = Instant::now();
+    Running::kill(r.pid1_pid(), libc::SIGTERM);
+    assert_eq!(r.code(), 128 + libc::SIGTERM, "{}", r.stderr());
+    let (_, at) = r.wait_exit(Duration::from_secs(1));
+    assert!(at - sent < Duration::from_secs(3), "took {:?}", at - sent);
+    assert!(!marker.exists(), "the workload must not start");
+    assert!(r.stderr().contains("tailscaled stopped"), "{}", r.stderr());
+}
+
+/// tailscaled is stopped after the workload: while the workload handles its SIGTERM,
+/// the node is still reachable over the LocalAPI.
+#[test]
+fn tailscaled_outlives_the_workloads_shutdown() {
+    let ns = NetNs::new();
+    let dir = TempDir::new("outlive");
+    let script = r#"
+        trap '"$TSINIT" status | grep "^state:"; exit 0' TERM
+        echo ready
+        while :; do sleep 1 & wait $!; done
+    "#;
+    let mut cmd = pid1_in(&ns, dir.path(), &["--", "bash", "-c", script]);
+    cmd.env("TSINIT", common::tsinit_bin())
+        .env("TSINIT_NETWORKING", "userspace")
+        .env("TSINIT_ON_FAILURE", "continue");
+    let mut r = Running::start(cmd);
+    r.wait_stdout("ready");
+    Running::kill(r.pid1_pid(), libc::SIGTERM);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("state: NeedsLogin"), "{}", r.stdout());
 }
