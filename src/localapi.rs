@@ -749,6 +749,9 @@ mod tests {
         }
     }
 
+    /// Name, input, eof, and the response or a fragment of the error message.
+    type Case<'a> = (&'a str, &'a str, bool, Result<Option<Response>, &'a str>);
+
     #[test]
     fn parse_response_cases() {
         let ok = |s, h: &[(&str, &str)], b| Ok(Some(resp(s, h, b)));
@@ -758,7 +761,7 @@ mod tests {
             MAX_BODY + 1
         );
         let big_eof = format!("HTTP/1.1 200 OK\r\n\r\n{}", "a".repeat(MAX_BODY + 1));
-        let cases: Vec<(&str, &str, bool, Result<Option<Response>, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "length",
                 LENGTH,
