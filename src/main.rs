@@ -104,6 +104,11 @@ fn run(args: Vec<OsString>) -> i32 {
         env.extend(t.workload_env());
         drop_caps = !t.keep_caps();
     }
+    init.pump(Some(std::time::Instant::now()), &[]); // a stop signal may be pending
+    if let Some(sig) = init.stop_requested() {
+        tailnet.stop(&mut init);
+        return 128 + sig;
+    }
     if let Err(e) = init.spawn_workload(&run_args.program, &env, drop_caps) {
         tailnet.stop(&mut init);
         return fail(e);

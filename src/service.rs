@@ -372,7 +372,7 @@ impl Tailnet {
                         // The socket file appears at bind(), a moment before listen():
                         // no event marks that moment, so try again shortly.
                         debug!("tailscaled not listening yet: {e}");
-                        retry_at = Some(Instant::now() + Duration::from_millis(10));
+                        retry_at = Some(Instant::now() + Duration::from_millis(1));
                     }
                 }
             }

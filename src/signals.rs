@@ -85,22 +85,15 @@ impl Signals {
         self.child
     }
 
-    /// Sleeps until a signal arrives or `deadline` passes (never, if `None`).
-    pub fn wait(&self, deadline: Option<Instant>) -> io::Result<Wake> {
-        self.wait_with(deadline, &[])
-    }
-
     /// Sleeps until a signal arrives, one of `extra` becomes readable, or `deadline`
     /// passes. Signals come first when several are ready at once.
     pub fn wait_with(&self, deadline: Option<Instant>, extra: &[BorrowedFd]) -> io::Result<Wake> {
         loop {
+            // A deadline already past still gets one look (timeout 0) at what is pending.
             let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(Wake::Deadline);
-                    }
                     // Round up so we never wake a millisecond early and spin.
                     let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
@@ -110,7 +103,10 @@ impl Signals {
             fds.push(PollFd::new(self.fd.as_fd(), PollFlags::POLLIN));
             fds.extend(extra.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
             match poll(&mut fds, timeout) {
-                Ok(0) => continue, // timed out: the deadline check above returns
+                Ok(0) if deadline.is_some_and(|at| at <= Instant::now()) => {
+                    return Ok(Wake::Deadline);
+                }
+                Ok(0) => continue,
                 Ok(_) => {
                     let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                     if ready(&fds[0]) {
