@@ -135,6 +135,16 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
     if !status.auth_url.is_empty() {
         println!("login: {}", status.auth_url);
     }
+    if config.hosts.enabled {
+        let block = std::fs::read(&config.hosts.path)
+            .ok()
+            .and_then(|c| crate::hosts::describe(&c));
+        println!(
+            "hosts: {} in {}",
+            block.unwrap_or_else(|| "no block".to_string()),
+            config.hosts.path.display()
+        );
+    }
     Ok(if status.backend_state == "Running" {
         0
     } else {

@@ -18,7 +18,7 @@ pub const EMBEDDED: &str = include_str!("../rootfs/etc/tsinit/tsinit.toml");
 
 /// Every setting's key, in the order the reference lists them. Each can be overridden by
 /// the environment variable [`env_name`] gives.
-pub const KEYS: [&str; 27] = [
+pub const KEYS: [&str; 32] = [
     "signal_target",
     "grace_period",
     "escalate_after",
@@ -46,6 +46,11 @@ pub const KEYS: [&str; 27] = [
     "tailscale.log_file",
     "tailscale.logout_on_exit",
     "tailscale.keep_caps",
+    "hosts.enabled",
+    "hosts.path",
+    "hosts.ipv6",
+    "hosts.short_names",
+    "hosts.online_only",
 ];
 
 /// The official tailscale image's variables tsinit accepts, and the key each sets.
@@ -115,8 +120,19 @@ pub struct Config {
     pub networking: Networking,
     pub on_failure: OnFailure,
     pub tailscale: Tailscale,
+    pub hosts: Hosts,
     /// Where the file part came from, for the debug log.
     pub source: String,
+}
+
+/// The `[hosts]` section: the managed block of the hosts file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hosts {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub ipv6: bool,
+    pub short_names: bool,
+    pub online_only: bool,
 }
 
 /// The `[tailscale]` section.
@@ -180,6 +196,13 @@ impl Default for Config {
                 logout_on_exit: false,
                 keep_caps: false,
             },
+            hosts: Hosts {
+                enabled: true,
+                path: PathBuf::from("/etc/hosts"),
+                ipv6: true,
+                short_names: true,
+                online_only: false,
+            },
             source: "built-in defaults".to_string(),
         }
     }
@@ -197,6 +220,21 @@ struct Layer {
     networking: Option<Networking>,
     on_failure: Option<OnFailure>,
     tailscale: Option<TailscaleLayer>,
+    hosts: Option<HostsLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostsLayer {
+    #[serde(default, deserialize_with = "some_bool")]
+    enabled: Option<bool>,
+    path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "some_bool")]
+    ipv6: Option<bool>,
+    #[serde(default, deserialize_with = "some_bool")]
+    short_names: Option<bool>,
+    #[serde(default, deserialize_with = "some_bool")]
+    online_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +294,10 @@ impl Layer {
             networking,
             on_failure
         );
+        if let Some(h) = self.hosts {
+            let c = &mut config.hosts;
+            overlay!(h, c, enabled, path, ipv6, short_names, online_only);
+        }
         if let Some(t) = self.tailscale {
             let c = &mut config.tailscale;
             overlay!(t, c, enabled, state_dir, socket, boot_timeout, accept_dns);
@@ -658,7 +700,8 @@ mod tests {
                 "grace = \"5s\"\n",
                 &[],
                 "FILE:1:1: unknown field `grace`, expected one of `signal_target`, \
-                 `grace_period`, `escalate_after`, `networking`, `on_failure`, `tailscale`",
+                 `grace_period`, `escalate_after`, `networking`, `on_failure`, `tailscale`, \
+                 `hosts`",
             ),
             (
                 "# comment\ngrace_period = 5\n",

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod hosts;
 pub mod init;
 pub mod localapi;
 pub mod logging;

@@ -402,6 +402,9 @@ impl PendingRequest {
 
     /// Reads what is available; the response once complete (call no more after that).
     pub fn on_readable(&mut self) -> Result<Option<Response>, ApiError> {
+        if self.decoder.complete {
+            return Err(proto(format!("{} already answered", self.what)));
+        }
         let mut buf = [0u8; 16 * 1024];
         loop {
             let n = match self.stream.read(&mut buf) {
@@ -411,21 +414,16 @@ impl PendingRequest {
                 Err(e) => return Err(io_err(format!("reading the response to {}", self.what))(e)),
             };
             let data = buf.get(..n).unwrap_or_default();
-            if self
-                .decoder
-                .feed(data, n == 0)
-                .map_err(|e| e.about(&self.what))?
-            {
-                let resp = self.decoder.take_response();
-                return resp
-                    .map(Some)
-                    .ok_or_else(|| proto(format!("{} already answered", self.what)));
+            let done = self.decoder.feed(data, n == 0);
+            if done.map_err(|e| e.about(&self.what))? {
+                return Ok(self.decoder.take_response());
             }
         }
     }
 }
 
 /// A blocking client; `timeout` bounds each request from sending to the end of the response.
+#[derive(Debug, Clone)]
 pub struct LocalApi {
     socket: PathBuf,
     timeout: Option<Duration>,
@@ -538,6 +536,7 @@ fn require_2xx(resp: Response) -> Result<Response, ApiError> {
 }
 
 /// The notifications of `watch_ipn_bus`, one JSON object each; ends when tailscaled closes.
+#[derive(Debug)]
 pub struct IpnBus {
     stream: UnixStream,
     decoder: Decoder,
@@ -697,18 +696,6 @@ mod tests {
     const LENGTH: &str =
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTailscale-Version: 1.96.4\r\n\r\nhello";
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        let headers = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        Response {
-            status,
-            headers,
-            body: body.into(),
-        }
-    }
-
     /// Wraps `parts` as a chunked body, with or without the last chunk.
     fn chunked(parts: &[&str], last: bool) -> String {
         let mut out: String = parts
@@ -721,202 +708,91 @@ mod tests {
 
     #[test]
     fn request_bytes_are_exact() {
-        let cases: &[(&str, &str, Option<&[u8]>, &str)] = &[
-            (
-                "GET",
-                "/localapi/v0/status",
-                None,
-                "GET /localapi/v0/status HTTP/1.1\r\nHost: local-tailscaled.sock\r\nConnection: close\r\n\r\n",
-            ),
-            (
-                "POST",
-                "/localapi/v0/start",
-                Some(b"{}"),
-                "POST /localapi/v0/start HTTP/1.1\r\nHost: local-tailscaled.sock\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
-            ),
-            (
-                "PATCH",
-                "/x",
-                Some(b""),
-                "PATCH /x HTTP/1.1\r\nHost: local-tailscaled.sock\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-            ),
+        let get = "GET /localapi/v0/status HTTP/1.1\r\nHost: local-tailscaled.sock\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            request_bytes("GET", "/localapi/v0/status", None),
+            get.as_bytes()
+        );
+        let cases: &[(&str, Option<&[u8]>, &str)] = &[
+            ("POST", Some(b"{}"), "Content-Length: 2\r\n\r\n{}"),
+            ("PATCH", Some(b""), "Content-Length: 0\r\n\r\n"),
+            ("POST", None, "\r\n"),
         ];
-        for (method, path, body, want) in cases {
+        for (method, body, rest) in cases {
+            let want =
+                format!("{method} /x HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n{rest}");
             assert_eq!(
-                String::from_utf8(request_bytes(method, path, *body)).unwrap(),
-                *want
+                String::from_utf8(request_bytes(method, "/x", *body)).unwrap(),
+                want
             );
         }
     }
 
-    /// Name, input, eof, and the response or a fragment of the error message.
-    type Case<'a> = (&'a str, &'a str, bool, Result<Option<Response>, &'a str>);
-
     #[test]
     fn parse_response_cases() {
-        let ok = |s, h: &[(&str, &str)], b| Ok(Some(resp(s, h, b)));
-        let big_head = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD));
-        let big_len = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-            MAX_BODY + 1
-        );
-        let big_eof = format!("HTTP/1.1 200 OK\r\n\r\n{}", "a".repeat(MAX_BODY + 1));
-        let cases: Vec<Case> = vec![
-            (
-                "length",
-                LENGTH,
-                false,
-                ok(
-                    200,
-                    &[("Content-Length", "5"), ("Tailscale-Version", "1.96.4")],
-                    "hello",
-                ),
-            ),
-            (
-                "length, extra bytes",
-                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiXX",
-                false,
-                ok(200, &[("Content-Length", "2")], "hi"),
-            ),
-            (
-                "chunked",
-                CHUNKED,
-                false,
-                ok(
-                    200,
-                    &[
-                        ("Tailscale-Version", "1.96.4"),
-                        ("transfer-encoding", "Chunked"),
-                    ],
-                    "hello, world!!!",
-                ),
-            ),
-            (
-                "until eof",
-                "HTTP/1.0 200 OK\r\n\r\nall",
-                true,
-                ok(200, &[], "all"),
-            ),
-            (
-                "until eof, open",
-                "HTTP/1.0 200 OK\r\n\r\nall",
-                false,
-                Ok(None),
-            ),
-            (
-                "403",
-                "HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nforbidden",
-                false,
-                ok(403, &[("Content-Length", "9")], "forbidden"),
-            ),
-            (
-                "503",
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 11\r\n\r\nno backend\n",
-                false,
-                ok(503, &[("Content-Length", "11")], "no backend\n"),
-            ),
-            (
-                "204",
-                "HTTP/1.1 204 No Content\r\n\r\n",
-                false,
-                ok(204, &[], ""),
-            ),
-            (
-                "100 then 200",
-                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
-                false,
-                ok(200, &[("Content-Length", "1")], "x"),
-            ),
-            ("empty", "", false, Ok(None)),
-            ("empty, eof", "", true, Err("without a response")),
-            (
-                "cut head",
-                "HTTP/1.1 200 OK\r\nContent-Le",
-                true,
-                Err("inside the response headers"),
-            ),
-            (
-                "cut length",
-                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
-                true,
-                Err("inside the response body"),
-            ),
-            (
-                "cut chunked",
-                &CHUNKED[..CHUNKED.len() - 3],
-                true,
-                Err("inside the response body"),
-            ),
-            (
-                "bad status",
-                "HTTP/1.1 abc OK\r\n\r\n",
-                false,
-                Err("malformed status line"),
-            ),
-            (
-                "not http",
-                "SSH-2.0-OpenSSH\r\n\r\n",
-                false,
-                Err("malformed status line"),
-            ),
-            (
-                "bad header",
-                "HTTP/1.1 200 OK\r\nnocolon\r\n\r\n",
-                false,
-                Err("malformed header line"),
-            ),
-            (
-                "bad length",
-                "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
-                false,
-                Err("malformed Content-Length"),
-            ),
-            (
-                "gzip",
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                false,
-                Err("unsupported Transfer-Encoding"),
-            ),
-            (
-                "bad chunk size",
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                false,
-                Err("malformed chunk size"),
-            ),
-            (
-                "signed chunk size",
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\nx\r\n",
-                false,
-                Err("malformed chunk size"),
-            ),
-            (
-                "chunk without CRLF",
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxyz",
-                false,
-                Err("not followed by CRLF"),
-            ),
-            (
-                "huge chunk",
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000001\r\n",
-                false,
-                Err("larger than 16 MiB"),
-            ),
-            ("huge head", &big_head, false, Err("larger than 64 KiB")),
-            ("huge length", &big_len, false, Err("larger than 16 MiB")),
-            ("huge until eof", &big_eof, false, Err("larger than 16 MiB")),
+        // "[eof] WANT <= INPUT": WANT is "STATUS BODY", "" (incomplete) or "!error"; \n is CRLF.
+        let cases = [
+            "200 hello <= HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+            "200 hi <= HTTP/1.1 200 OK\nContent-Length: 2\n\nhiXX",
+            "200 hi <= HTTP/1.1 200 OK\ncontent-length:2\n\nhi",
+            "200 hi! <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2;a=b;c\nhi\n1\n!\n0\n\n",
+            "eof 200 all <= HTTP/1.0 200 OK\n\nall",
+            " <= HTTP/1.0 200 OK\n\nall",
+            "403 forbidden <= HTTP/1.1 403 Forbidden\nContent-Length: 9\n\nforbidden",
+            "503 no backend <= HTTP/1.1 503 Service Unavailable\nContent-Length: 10\n\nno backend",
+            "204  <= HTTP/1.1 204 No Content\n\n",
+            "200 x <= HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+            " <= ",
+            "eof !closed without a response <= ",
+            "eof !inside the response headers <= HTTP/1.1 200 OK\nContent-Le",
+            "eof !inside the response body <= HTTP/1.1 200 OK\nContent-Length: 5\n\nhel",
+            "eof !inside the response body <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nhi\n",
+            "!malformed status line <= HTTP/1.1 abc OK\n\n",
+            "!malformed status line <= SSH-2.0-OpenSSH\n\n",
+            "!malformed header line <= HTTP/1.1 200 OK\nnocolon\n\n",
+            "!malformed Content-Length <= HTTP/1.1 200 OK\nContent-Length: +5\n\nhello",
+            "!unsupported <= HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked\n\n",
+            "!malformed chunk size <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\nzz\n",
+            "!malformed chunk size <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n+1\nx\n",
+            "!not followed by CRLF <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n1\nxyz",
+            "!larger than 16 MiB <= HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n1000001\n",
+            "!larger than 64 KiB <= HTTP/1.1 200 OK\nX: {HEAD}",
+            "!larger than 16 MiB <= HTTP/1.1 200 OK\nContent-Length: 16777217\n\n",
+            "!larger than 16 MiB <= HTTP/1.1 200 OK\n\n{BODY}",
         ];
-        for (name, input, eof, want) in cases {
-            match (parse_response(input.as_bytes(), eof), want) {
-                (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
-                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{name}: {e}"),
-                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        let sizes = [("{HEAD}", MAX_HEAD), ("{BODY}", MAX_BODY + 1)];
+        let fill = |i: &str| {
+            sizes.iter().fold(i.replace('\n', "\r\n"), |i, (k, n)| {
+                i.replace(k, &"a".repeat(*n))
+            })
+        };
+        let cases = cases.iter().filter_map(|c| c.split_once(" <= "));
+        let cases =
+            cases.map(|(w, i)| (fill(i), w.starts_with("eof "), w.trim_start_matches("eof ")));
+        for (input, eof, want) in cases {
+            let name = input.get(..80).unwrap_or(&input);
+            match (
+                parse_response(input.as_bytes(), eof),
+                want.strip_prefix('!'),
+            ) {
+                (Ok(None), None) => assert_eq!(want, "", "{name}"),
+                (Ok(Some(r)), None) => {
+                    let got = format!("{} {}", r.status, String::from_utf8_lossy(&r.body));
+                    assert_eq!(got, want, "{name}");
+                }
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{name}: {e}"),
+                (got, _) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
     }
 
     #[test]
     fn every_split_is_incomplete_until_the_end() {
-        for full in [CHUNKED, LENGTH] {
+        let bare = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+            chunked(&["hi"], true)
+        );
+        for full in [CHUNKED, LENGTH, &bare] {
             let want = parse_response(full.as_bytes(), false).unwrap().unwrap();
             let mut decoder = Decoder::default();
             for (i, byte) in full.bytes().enumerate() {
@@ -926,10 +802,11 @@ mod tests {
                 let done = decoder.feed(&[byte], false).unwrap();
                 assert_eq!(done, i + 1 == full.len(), "{i}");
             }
-            assert_eq!(decoder.take_response(), Some(want.clone()));
-            assert_eq!(want.header("TAILSCALE-VERSION"), Some("1.96.4"));
-            assert_eq!(want.header("X-Missing"), None);
+            assert_eq!(decoder.take_response(), Some(want));
         }
+        let resp = parse_response(CHUNKED.as_bytes(), false).unwrap().unwrap();
+        assert_eq!(resp.header("TAILSCALE-VERSION"), Some("1.96.4"));
+        assert_eq!(resp.header("X-Missing"), None);
     }
 
     #[test]
@@ -1051,110 +928,86 @@ mod tests {
         (sock, server)
     }
 
+    /// Runs `f` against a server replying `reply`; returns its result and the request.
+    fn against<T>(reply: &str, f: impl FnOnce(&LocalApi) -> T) -> (T, String) {
+        let dir = scratch();
+        let (sock, server) = serve(&dir, reply, None);
+        let got = f(&LocalApi::new(&sock, Some(Duration::from_secs(10))));
+        (got, server.join().unwrap())
+    }
+
     #[test]
     fn blocking_requests_end_to_end() {
-        let status_reply = format!(
+        let ok = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let parts = [&STATUS_JSON[..50], &STATUS_JSON[50..]];
+        let status = format!(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}",
-            chunked(&[&STATUS_JSON[..50], &STATUS_JSON[50..]], true)
+            chunked(&parts, true)
         );
-        let prefs_reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PREFS_JSON}",
-            PREFS_JSON.len()
-        );
-        let dir = scratch();
-        let (sock, server) = serve(&dir, &status_reply, None);
-        let api = LocalApi::new(&sock, Some(Duration::from_secs(10)));
-        assert_eq!(api.socket(), sock);
-        assert_eq!(api.status().unwrap().backend_state, "NeedsLogin");
+        let (got, req) = against(&status, |api| api.status());
+        assert_eq!(got.unwrap().backend_state, "NeedsLogin");
         assert_eq!(
-            server.join().unwrap(),
-            String::from_utf8(request_bytes("GET", "/localapi/v0/status", None)).unwrap()
+            req.as_bytes(),
+            request_bytes("GET", "/localapi/v0/status", None)
         );
-
-        let dir = scratch();
-        let (sock, server) = serve(&dir, &prefs_reply, None);
-        assert!(LocalApi::new(&sock, None).prefs().unwrap().logged_out);
+        let (got, req) = against(&ok(PREFS_JSON), |api| api.prefs());
+        assert!(got.unwrap().logged_out && req.starts_with("GET /localapi/v0/prefs HTTP/1.1\r\n"));
+        let (got, req) = against(&ok("ok"), |api| {
+            api.request("POST", "/localapi/v0/start", Some(b"{}"))
+        });
+        assert_eq!(got.unwrap().body, b"ok");
         assert!(
-            server
-                .join()
-                .unwrap()
-                .starts_with("GET /localapi/v0/prefs HTTP/1.1\r\n")
+            req.starts_with("POST /localapi/v0/start ")
+                && req.ends_with("Content-Length: 2\r\n\r\n{}")
         );
 
-        let dir = scratch();
-        let (sock, server) = serve(&dir, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", None);
-        let resp = LocalApi::new(&sock, None)
-            .request("POST", "/localapi/v0/start", Some(b"{}"))
-            .unwrap();
-        assert_eq!(resp, resp_ok("ok"));
+        let no_backend =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 11\r\n\r\nno backend\n";
+        let (got, _) = against(no_backend, |api| {
+            api.get_json::<Status>("/localapi/v0/status")
+        });
         assert!(
-            server
-                .join()
-                .unwrap()
-                .ends_with("Content-Length: 2\r\n\r\n{}")
+            matches!(&got, Err(ApiError::Status { status: 503, body }) if body == "no backend"),
+            "{got:?}"
         );
-    }
-
-    fn resp_ok(body: &str) -> Response {
-        resp(200, &[("Content-Length", "2")], body)
+        let (got, _) = against("", |api| api.status());
+        assert!(
+            matches!(&got, Err(ApiError::Protocol(m)) if m.contains("closed without a response")),
+            "{got:?}"
+        );
+        let (got, _) = against(&ok("{x}"), |api| api.status());
+        assert!(matches!(got, Err(ApiError::Json { .. })), "{got:?}");
     }
 
     #[test]
-    fn blocking_request_failures() {
-        let no_backend =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 11\r\n\r\nno backend\n";
-        let dir = scratch();
-        let (sock, server) = serve(&dir, no_backend, None);
-        match LocalApi::new(&sock, None).get_json::<Status>("/localapi/v0/status") {
-            Err(ApiError::Status { status: 503, body }) => assert_eq!(body, "no backend"),
-            other => panic!("{other:?}"),
-        }
-        server.join().unwrap();
-
-        let dir = scratch();
-        let (sock, server) = serve(&dir, "", None);
-        let err = LocalApi::new(&sock, None).status().unwrap_err();
-        assert!(
-            matches!(&err, ApiError::Protocol(m) if m.contains("closed without a response")),
-            "{err}"
-        );
-        server.join().unwrap();
-
-        let dir = scratch();
-        let (sock, server) = serve(
-            &dir,
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{x}",
-            None,
-        );
-        let err = LocalApi::new(&sock, None).status().unwrap_err();
-        assert!(matches!(err, ApiError::Json { .. }), "{err}");
-        server.join().unwrap();
-
+    fn blocking_request_timeouts_and_refusals() {
         let dir = scratch();
         let (tx, rx) = mpsc::channel();
         let (sock, server) = serve(&dir, LENGTH, Some(rx));
-        let err = LocalApi::new(&sock, Some(Duration::from_millis(50)))
-            .status()
-            .unwrap_err();
+        let api = LocalApi::new(&sock, Some(Duration::from_millis(50)));
+        assert_eq!(api.socket(), sock);
+        let got = api.status();
         assert!(
-            matches!(&err, ApiError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut),
-            "{err}"
+            matches!(&got, Err(ApiError::Io { source, .. }) if source.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
         );
         tx.send(()).unwrap();
         server.join().unwrap();
 
-        let err = LocalApi::new(dir.0.join("missing"), None)
-            .status()
-            .unwrap_err();
+        let got = LocalApi::new(dir.0.join("missing"), None).status();
         assert!(
-            matches!(&err, ApiError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
-            "{err}"
+            matches!(&got, Err(ApiError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT)),
+            "{got:?}"
         );
-        assert!(
-            LocalApi::new(&sock, None)
-                .request("GET", "/a b", None)
-                .is_err()
-        );
+        assert!(matches!(
+            api.request("GET", "/a b", None),
+            Err(ApiError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -1165,48 +1018,32 @@ mod tests {
             "\"Version\":\"1.96.4\"}\n",
             "{\"State\":6}\n",
         ];
-        let ended = [
-            chunked(&parts, true),
-            chunked(&parts, false),
-            chunked(&parts[..2], false) + &chunked(&["{\"cut"], false),
+        let (first, second) = (r#"{"State":2,"Version":"1.96.4"}"#, r#"{"State":6}"#);
+        let cut =
+            "!LocalAPI GET /localapi/v0/watch-ipn-bus?mask=2: stream ended inside a notification";
+        let cases = [
+            (chunked(&parts, true), [first, second]),
+            (chunked(&parts, false), [first, second]),
+            (
+                chunked(&parts[..2], false) + &chunked(&["{\"cut"], false),
+                [first, cut],
+            ),
         ];
-        for (i, body) in ended.iter().enumerate() {
-            let dir = scratch();
-            let (sock, server) = serve(&dir, &format!("{head}{body}"), None);
-            let mut bus = LocalApi::new(&sock, Some(Duration::from_secs(10)))
-                .watch_ipn_bus(2)
-                .unwrap();
-            assert_eq!(
-                bus.next().unwrap().unwrap(),
-                serde_json::json!({"State": 2, "Version": "1.96.4"})
-            );
-            match i {
-                2 => assert!(matches!(bus.next(), Some(Err(ApiError::Protocol(_))))),
-                _ => assert_eq!(
-                    bus.next().unwrap().unwrap(),
-                    serde_json::json!({"State": 6})
-                ),
-            }
-            assert!(bus.next().is_none(), "{i}");
-            assert!(
-                server
-                    .join()
-                    .unwrap()
-                    .starts_with("GET /localapi/v0/watch-ipn-bus?mask=2 HTTP/1.1\r\n")
-            );
+        for (body, want) in cases {
+            let (got, req) = against(&format!("{head}{body}"), |api| {
+                let bus = api.watch_ipn_bus(2).unwrap();
+                bus.map(|v| v.map_or_else(|e| format!("!{e}"), |v| v.to_string()))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want);
+            assert!(req.starts_with("GET /localapi/v0/watch-ipn-bus?mask=2 HTTP/1.1\r\n"));
         }
-        let dir = scratch();
-        let (sock, server) = serve(
-            &dir,
-            "HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope",
-            None,
-        );
-        let err = LocalApi::new(&sock, None).watch_ipn_bus(0).err().unwrap();
+        let forbidden = "HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope";
+        let (got, _) = against(forbidden, |api| api.watch_ipn_bus(0).err());
         assert!(
-            matches!(&err, ApiError::Status { status: 403, body } if body == "nope"),
-            "{err}"
+            matches!(&got, Some(ApiError::Status { status: 403, body }) if body == "nope"),
+            "{got:?}"
         );
-        server.join().unwrap();
     }
 
     #[test]
@@ -1229,8 +1066,8 @@ mod tests {
                 1,
                 "timed out"
             );
-            if let Some(resp) = req.on_readable().unwrap() {
-                got = Some(resp);
+            got = req.on_readable().unwrap();
+            if got.is_some() {
                 break;
             }
         }

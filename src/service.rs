@@ -77,6 +77,7 @@ pub struct Tailnet {
     failures: u32,
     /// Set while stopping: CLI calls then run to the end whatever else happens.
     stopping: bool,
+    hosts: Option<HostsSync>,
 }
 
 /// Decides whether and how tailscaled runs: finds the binaries, runs the preflight checks,
@@ -183,6 +184,10 @@ pub fn prepare(
         retry_at: None,
         failures: 0,
         stopping: false,
+        hosts: match config.hosts.enabled {
+            true => HostsSync::start(&config.hosts, &t.socket),
+            false => None,
+        },
     }))
 }
 
@@ -279,6 +284,9 @@ impl Tailnet {
             self.spawn(init)?;
         }
         let status = self.wait_ready(init, deadline)?;
+        if let Some(h) = &self.hosts {
+            h.connect();
+        }
         self.converge(init, status)
     }
 
@@ -728,27 +736,29 @@ impl Service for Tailnet {
     }
 
     fn stop(&mut self, init: &mut Init) {
-        let Some(pid) = self.daemon.as_ref().map(|d| d.pid) else {
-            return;
-        };
         self.stopping = true;
         self.retry_at = None;
-        if self.cfg.logout_on_exit {
-            match self.run_cli(
-                init,
-                &["logout".to_string()],
-                false,
-                Duration::from_secs(10),
-            ) {
-                Ok(_) => info!("logged out of the tailnet (logout_on_exit)"),
-                Err(BringupError::Failed(why)) => warn!("logout_on_exit: {why}"),
-                Err(_) => {}
+        if let Some(pid) = self.daemon.as_ref().map(|d| d.pid) {
+            if self.cfg.logout_on_exit {
+                match self.run_cli(
+                    init,
+                    &["logout".to_string()],
+                    false,
+                    Duration::from_secs(10),
+                ) {
+                    Ok(_) => info!("logged out of the tailnet (logout_on_exit)"),
+                    Err(BringupError::Failed(why)) => warn!("logout_on_exit: {why}"),
+                    Err(_) => {}
+                }
             }
+            if let Some(exit) = init.stop_process(pid, "tailscaled", self.grace) {
+                debug!("tailscaled stopped: {}", describe(exit));
+            }
+            self.daemon = None;
         }
-        if let Some(exit) = init.stop_process(pid, "tailscaled", self.grace) {
-            debug!("tailscaled stopped: {}", describe(exit));
+        if let Some(h) = &self.hosts {
+            h.clear();
         }
-        self.daemon = None;
     }
 }
 
@@ -756,5 +766,132 @@ impl Tailnet {
     /// After a failed bring-up with on_failure = "continue": keep trying in the background.
     pub fn retry_later(&mut self) {
         self.schedule_retry();
+    }
+}
+
+/// IPN bus events that make the hosts block be looked at again: the initial state and
+/// netmap, then every change (rate-limited by tailscaled).
+const BUS_MASK: u32 = (1 << 1) | (1 << 3) | (1 << 8);
+
+struct HostsState {
+    file: crate::hosts::HostsFile,
+    opts: crate::hosts::Options,
+    socket: PathBuf,
+    /// Set at shutdown: the block stays empty from then on.
+    stopped: bool,
+    warned: bool,
+}
+
+impl HostsState {
+    /// Renders the block from tailscaled's status and writes it if it changed.
+    fn sync(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let status = match LocalApi::new(&self.socket, Some(Duration::from_secs(5))).status() {
+            Ok(s) => s,
+            Err(e) => return debug!("hosts: cannot read tailscale's status: {e}"),
+        };
+        let entries = crate::hosts::entries(&status, self.opts);
+        self.write(&entries);
+    }
+
+    fn write(&mut self, entries: &[crate::hosts::Entry]) {
+        let block = crate::hosts::render(entries, std::time::SystemTime::now());
+        match self.file.write(&block) {
+            Ok(crate::hosts::Written::Unchanged) => {}
+            Ok(_) => debug!(
+                "hosts: {} now lists {} entries",
+                self.file.path().display(),
+                entries.len()
+            ),
+            Err(e) if !self.warned => {
+                self.warned = true;
+                warn!(
+                    "cannot update {}: {} (set hosts.enabled = false to stop trying)",
+                    self.file.path().display(),
+                    crate::error::os_message(&e)
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Keeps the hosts file's managed block in step with the tailnet, from a thread that
+/// follows tailscaled's IPN bus. Between tailscaled's lifetimes the thread sleeps until
+/// told that tailscaled is ready again: no polling.
+pub struct HostsSync {
+    state: Arc<Mutex<HostsState>>,
+    ready: std::sync::mpsc::Sender<()>,
+}
+
+impl HostsSync {
+    pub fn start(cfg: &config::Hosts, socket: &Path) -> Option<HostsSync> {
+        let state = Arc::new(Mutex::new(HostsState {
+            file: crate::hosts::HostsFile::new(&cfg.path),
+            opts: crate::hosts::Options {
+                ipv6: cfg.ipv6,
+                short_names: cfg.short_names,
+                online_only: cfg.online_only,
+            },
+            socket: socket.to_path_buf(),
+            stopped: false,
+            warned: false,
+        }));
+        let (ready, wait) = std::sync::mpsc::channel::<()>();
+        let shared = state.clone();
+        let socket = socket.to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("hosts".to_string())
+            .spawn(move || {
+                while wait.recv().is_ok() {
+                    // Follow the bus; if it breaks right after delivering events, try
+                    // once more at once, else wait until tailscaled is ready again.
+                    loop {
+                        let bus = match LocalApi::new(&socket, None).watch_ipn_bus(BUS_MASK) {
+                            Ok(bus) => bus,
+                            Err(e) => {
+                                debug!("hosts: cannot watch the IPN bus: {e}");
+                                break;
+                            }
+                        };
+                        let mut events = 0;
+                        for event in bus {
+                            if let Err(e) = event {
+                                debug!("hosts: IPN bus ended: {e}");
+                                break;
+                            }
+                            events += 1;
+                            if let Ok(mut s) = shared.lock() {
+                                s.sync();
+                            }
+                        }
+                        if events == 0 {
+                            break;
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(HostsSync { state, ready }),
+            Err(e) => {
+                warn!("cannot start the thread that keeps the hosts file: {e}");
+                None
+            }
+        }
+    }
+
+    /// tailscaled answers again: (re)connect to its bus.
+    pub fn connect(&self) {
+        self.ready.send(()).ok();
+    }
+
+    /// At shutdown: empties the block and keeps it empty.
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.write(&[]);
+            s.stopped = true;
+        }
     }
 }

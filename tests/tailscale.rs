@@ -330,6 +330,20 @@ fn status_and_preflight_subcommands() {
         "the workload has no NET_ADMIN: {out}"
     );
 
+    // The hosts block came over the IPN bus: empty while the node is not logged in.
+    let hosts = common::test_hosts_file(dir.path());
+    assert!(out.contains("hosts: 0 names, written "), "{out}");
+    assert!(out.contains(&format!(" in {}", hosts.display())), "{out}");
+    let content = std::fs::read_to_string(&hosts).unwrap();
+    assert!(
+        content.starts_with("127.0.0.1 localhost\n\n# BEGIN tsinit managed block (0 names"),
+        "{content}"
+    );
+    assert!(
+        content.ends_with("# END tsinit managed block\n"),
+        "{content}"
+    );
+
     // Run as the container's other processes are (e.g. `docker exec`): all checks pass.
     let mut cmd = ns.cmd(common::tsinit_bin());
     cmd.args(["preflight", "--json"]);

@@ -468,10 +468,21 @@ pub fn tailscale_env(cmd: &mut Command, dir: &Path) {
         .env("TSINIT_TAILSCALE_TAILSCALED_ARGS", "--no-logs-no-support")
         .env("TSINIT_TAILSCALE_LOGIN_SERVER", "http://127.0.0.1:9")
         .env("TSINIT_TAILSCALE_UP_TIMEOUT", "2s")
-        .env("TSINIT_TAILSCALE_HOSTNAME", "tsinit-test");
+        .env("TSINIT_TAILSCALE_HOSTNAME", "tsinit-test")
+        .env("TSINIT_HOSTS_PATH", test_hosts_file(dir));
     for var in ["TS_AUTHKEY", "TS_AUTH_KEY", "TAILSCALE_AUTHKEY"] {
         cmd.env_remove(var);
     }
+}
+
+/// A hosts file of the test's own (never the machine's /etc/hosts), created with a
+/// line that must survive every write.
+pub fn test_hosts_file(dir: &Path) -> PathBuf {
+    let path = dir.join("hosts");
+    if !path.exists() {
+        std::fs::write(&path, "127.0.0.1 localhost\n").expect("write test hosts file");
+    }
+    path
 }
 
 /// tsinit as PID 1 inside `ns` with `args`, set up by [`tailscale_env`].
