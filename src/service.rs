@@ -636,10 +636,12 @@ impl Tailnet {
             .map(|s| s.health.join("; "))
             .unwrap_or_default();
         let cli = text.trim().lines().last().unwrap_or_default().to_string();
-        Err(BringupError::Failed(match health.is_empty() {
-            true => format!("tailscale {shown} failed ({}): {cli}", describe(exit)),
-            false => format!("tailscale {shown} failed ({}): {health}", describe(exit)),
-        }))
+        let why = if health.is_empty() { cli } else { health };
+        let sep = if why.is_empty() { "" } else { ": " };
+        Err(BringupError::Failed(format!(
+            "tailscale {shown} failed ({}){sep}{why}",
+            describe(exit)
+        )))
     }
 
     fn schedule_retry(&mut self) {
