@@ -88,12 +88,48 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
         tailscale: t.tailscale.as_deref(),
         path_env: &path_env,
     });
+    // Not PID 1 here: asking the binaries for their version is harmless.
+    let versions: Vec<(&str, String)> = [
+        ("tailscaled", &report.tailscaled),
+        ("tailscale", &report.tailscale),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| Some((name, version(path.as_ref()?)?)))
+    .collect();
     if opts.json {
-        println!("{}", report.to_json());
+        let mut json: serde_json::Value =
+            serde_json::from_str(&report.to_json()).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = json.as_object_mut() {
+            let v: serde_json::Map<String, serde_json::Value> = versions
+                .iter()
+                .map(|(n, v)| (n.to_string(), serde_json::Value::String(v.clone())))
+                .collect();
+            obj.insert("versions".to_string(), serde_json::Value::Object(v));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
     } else {
         print!("{}", report.to_text());
+        for (name, v) in &versions {
+            println!("version: {name} {v}");
+        }
     }
     Ok(if report.kernel_ok { 0 } else { 1 })
+}
+
+/// The first line of `<binary> --version`.
+fn version(binary: &Path) -> Option<String> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
 }
 
 fn status(args: &[OsString]) -> Result<i32, Error> {

@@ -352,6 +352,8 @@ fn status_and_preflight_subcommands() {
     assert_eq!(r.code(), 0, "{}{}", r.stdout(), r.stderr());
     let json: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(json["kernel_ok"], true, "{json}");
+    assert_eq!(json["versions"]["tailscaled"], "1.96.4", "{json}");
+    assert_eq!(json["versions"]["tailscale"], "1.96.4", "{json}");
     let names: Vec<&str> = json["checks"]
         .as_array()
         .unwrap()
