@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use crate::config::{self, Config};
 use crate::error::{EXIT_USAGE, Error};
 use crate::localapi::LocalApi;
-use crate::preflight;
 use crate::service;
 
 /// The file, beside the LocalAPI socket, where tsinit notes the networking mode and why.
@@ -74,20 +73,9 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
 fn preflight(args: &[OsString]) -> Result<i32, Error> {
     let opts = options(args, true)?;
     let config = load(&opts)?;
-    let t = &config.tailscale;
     let path_env = std::env::var("PATH").unwrap_or_default();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let hostname = service::system_hostname();
-    let report = preflight::run(&preflight::Inputs {
-        tun_path: Path::new(preflight::TUN_PATH),
-        may_mknod: false,
-        state_dir: &t.state_dir,
-        mountinfo: &mountinfo,
-        hostname: &hostname,
-        tailscaled: t.tailscaled.as_deref(),
-        tailscale: t.tailscale.as_deref(),
-        path_env: &path_env,
-    });
+    let report = service::run_preflight(&config, false, &path_env, &hostname);
     // Not PID 1 here: asking the binaries for their version is harmless.
     let versions: Vec<(&str, String)> = [
         ("tailscaled", &report.tailscaled),

@@ -109,17 +109,8 @@ pub fn prepare(
         return Ok(None);
     }
     let hostname = system_hostname();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let report = preflight::run(&preflight::Inputs {
-        tun_path: Path::new(preflight::TUN_PATH),
-        may_mknod: config.networking != Networking::Userspace,
-        state_dir: &t.state_dir,
-        mountinfo: &mountinfo,
-        hostname: &hostname,
-        tailscaled: t.tailscaled.as_deref(),
-        tailscale: t.tailscale.as_deref(),
-        path_env: &path_env,
-    });
+    let may_mknod = config.networking != Networking::Userspace;
+    let report = run_preflight(config, may_mknod, &path_env, &hostname);
     let (Some(tailscaled), Some(tailscale)) = (report.tailscaled.clone(), report.tailscale.clone())
     else {
         return Err(Error::Unavailable(format!(
@@ -189,6 +180,28 @@ pub fn prepare(
             false => None,
         },
     }))
+}
+
+/// The preflight checks for `config` on this machine; `may_mknod`: create a missing
+/// /dev/net/tun.
+pub fn run_preflight(
+    config: &Config,
+    may_mknod: bool,
+    path_env: &str,
+    hostname: &str,
+) -> preflight::Report {
+    let t = &config.tailscale;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    preflight::run(&preflight::Inputs {
+        tun_path: Path::new(preflight::TUN_PATH),
+        may_mknod,
+        state_dir: &t.state_dir,
+        mountinfo: &mountinfo,
+        hostname,
+        tailscaled: t.tailscaled.as_deref(),
+        tailscale: t.tailscale.as_deref(),
+        path_env,
+    })
 }
 
 fn fix_suffix(check: &preflight::Check) -> String {
