@@ -1,37 +1,74 @@
-//! tsinit's log: stderr, each line prefixed `tsinit:`, no timestamps (the container
-//! runtime adds its own).
+//! tsinit's log: stderr, each line prefixed `tsinit:` (tailscaled's own lines
+//! `tailscaled:`), no timestamps (the container runtime adds its own).
 
 use std::io::Write;
 
-use log::{Level, LevelFilter};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
-/// The variable that sets the log level (or an env_logger filter) when -v is not given.
+/// The variable that sets the log level when -v is not given.
 pub const ENV: &str = "TSINIT_LOG";
 
-/// Starts logging: `-v` gives debug, `-vv` trace; otherwise $TSINIT_LOG, else info.
+struct Stderr;
+
+impl Log for Stderr {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let prefix = match (record.target(), record.level()) {
+            ("tailscaled", _) => "tailscaled: ",
+            (_, Level::Error) => "tsinit: error: ",
+            (_, Level::Warn) => "tsinit: warning: ",
+            (_, Level::Info) => "tsinit: ",
+            (_, Level::Debug) => "tsinit: debug: ",
+            (_, Level::Trace) => "tsinit: trace: ",
+        };
+        // One write per line, so lines from several threads do not interleave; a closed
+        // stderr is not worth failing over.
+        let line = format!("{prefix}{}\n", record.args());
+        std::io::stderr().lock().write_all(line.as_bytes()).ok();
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Stderr = Stderr;
+
+/// The level for `-v` given `verbosity` times, else the `TSINIT_LOG` value, else info.
+pub fn level(verbosity: u8, env: Option<&str>) -> LevelFilter {
+    match verbosity {
+        0 => env
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(LevelFilter::Info),
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// Starts logging at [`level`].
 pub fn init(verbosity: u8) {
-    let mut builder = env_logger::Builder::new();
-    builder
-        .target(env_logger::Target::Stderr)
-        .format(|buf, record| {
-            if record.target() == "tailscaled" {
-                return writeln!(buf, "tailscaled: {}", record.args());
-            }
-            let prefix = match record.level() {
-                Level::Error => "error: ",
-                Level::Warn => "warning: ",
-                Level::Info => "",
-                Level::Debug => "debug: ",
-                Level::Trace => "trace: ",
-            };
-            writeln!(buf, "tsinit: {prefix}{}", record.args())
-        });
-    match (verbosity, std::env::var(ENV)) {
-        (0, Ok(filter)) if !filter.is_empty() => builder.parse_filters(&filter),
-        (0, _) => builder.filter_level(LevelFilter::Info),
-        (1, _) => builder.filter_level(LevelFilter::Debug),
-        _ => builder.filter_level(LevelFilter::Trace),
-    };
+    let env = std::env::var(ENV).ok();
     // Fails only if a logger is already installed, in which case that one is used.
-    builder.try_init().ok();
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level(verbosity, env.as_deref()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(level(0, None), LevelFilter::Info);
+        assert_eq!(level(0, Some("debug")), LevelFilter::Debug);
+        assert_eq!(level(0, Some("WARN")), LevelFilter::Warn);
+        assert_eq!(level(0, Some("nonsense")), LevelFilter::Info);
+        assert_eq!(level(1, Some("error")), LevelFilter::Debug);
+        assert_eq!(level(2, None), LevelFilter::Trace);
+    }
 }
