@@ -1,0 +1,567 @@
+//! The tailnet's state (nodes, keys, counters) and the JSON the control protocol sends:
+//! register decisions, node and map responses, and per-stream peer diffs.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const DOMAIN: &str = "tail.example";
+const USER_ID: u64 = 1;
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct RegisterRequest {
+    pub node_key: String,
+    pub old_node_key: String,
+    pub auth: Option<Auth>,
+    pub expiry: Option<String>,
+    pub followup: String,
+    pub hostinfo: Option<Value>,
+    pub version: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct Auth {
+    pub auth_key: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct MapRequest {
+    pub version: u64,
+    pub node_key: String,
+    pub disco_key: String,
+    pub stream: bool,
+    pub omit_peers: bool,
+    pub hostinfo: Option<Value>,
+    pub endpoints: Option<Vec<Value>>,
+}
+
+pub struct Node {
+    pub id: u64,
+    pub fake: bool,
+    pub node_key: String,
+    pub machine_key: String,
+    pub disco_key: Option<String>,
+    pub hostname: String,
+    pub name: String,
+    pub hostinfo: Value,
+    pub endpoints: Vec<Value>,
+    pub home_derp: u64,
+    pub cap: u64,
+    /// Open streaming map polls.
+    pub streams: usize,
+    pub logged_out: bool,
+}
+
+impl Node {
+    pub fn addresses(&self) -> Vec<String> {
+        let v4 =
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)).wrapping_add(self.id as u32));
+        let v6 = Ipv6Addr::new(
+            0xfd7a,
+            0x115c,
+            0xa1e0,
+            0,
+            0,
+            0,
+            (self.id >> 16) as u16,
+            self.id as u16,
+        );
+        vec![format!("{v4}/32"), format!("{v6}/128")]
+    }
+
+    pub fn online(&self) -> bool {
+        self.fake || self.streams > 0
+    }
+}
+
+/// What to answer a register request with.
+pub enum RegisterReply {
+    Json(Value),
+    /// A `Followup` poll of an AuthURL: nobody ever visits it, so it waits until cancelled.
+    WaitForever,
+}
+
+pub struct State {
+    pub nodes: BTreeMap<u64, Node>,
+    next_id: u64,
+    pub valid_keys: Vec<String>,
+    pub register_count: usize,
+    pub register_requests: usize,
+    pub base_url: String,
+    derp_host: String,
+    derp_port: u16,
+    /// -1 when no UDP socket could be bound (STUN disabled).
+    pub stun_port: i32,
+}
+
+/// `prefix:<64 hex>` and not all zeros (Go sends zero keys as all-zero hex).
+pub fn nonzero_key(s: &str, prefix: &str) -> Option<String> {
+    let hex = s.strip_prefix(prefix)?.strip_prefix(':')?;
+    let ok = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    (ok && hex.bytes().any(|b| b != b'0')).then(|| s.to_ascii_lowercase())
+}
+
+pub fn key_string(prefix: &str, raw: &[u8; 32]) -> String {
+    format!("{prefix}:{}", hex::encode(raw))
+}
+
+/// A DNS label from an OS hostname: lowercase letters, digits and dashes.
+fn dns_label(hostname: &str) -> String {
+    let label: String = hostname
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let label = label.trim_matches('-');
+    if label.is_empty() {
+        "node".into()
+    } else {
+        label.chars().take(63).collect()
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 time as Go writes it (offset and fraction ignored).
+fn parse_time(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+fn user_login() -> (Value, Value) {
+    (
+        json!({"ID": USER_ID, "DisplayName": "Test User"}),
+        json!({"ID": USER_ID, "Provider": "testcontrol", "LoginName": "test@tail.example",
+               "DisplayName": "Test User"}),
+    )
+}
+
+impl State {
+    pub fn new(base_url: String, derp_host: String, derp_port: u16) -> State {
+        State {
+            nodes: BTreeMap::new(),
+            next_id: 1,
+            valid_keys: Vec::new(),
+            register_count: 0,
+            register_requests: 0,
+            base_url,
+            derp_host,
+            derp_port,
+            stun_port: -1,
+        }
+    }
+
+    fn unique_name(&self, id: u64, hostname: &str, exact: bool) -> String {
+        let label = dns_label(hostname);
+        let want = format!("{label}.{DOMAIN}.");
+        let taken = self
+            .nodes
+            .values()
+            .any(|n| n.id != id && !n.logged_out && n.name == want);
+        if taken && !exact {
+            format!("{label}-{id}.{DOMAIN}.")
+        } else {
+            want
+        }
+    }
+
+    fn set_hostinfo(&mut self, id: u64, hostinfo: Value) {
+        let hostname = hostinfo
+            .get("Hostname")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let derp = hostinfo
+            .pointer("/NetInfo/PreferredDERP")
+            .and_then(Value::as_u64);
+        let name = self.unique_name(id, &hostname, false);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.home_derp = derp.filter(|d| *d > 0).unwrap_or(1);
+            if n.name.is_empty() || n.hostname != hostname {
+                n.name = name;
+            }
+            n.hostname = hostname;
+            n.hostinfo = hostinfo;
+        }
+    }
+
+    pub fn add_node(&mut self, node_key: String, machine_key: String, fake: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let node = Node {
+            id,
+            fake,
+            node_key,
+            machine_key,
+            disco_key: None,
+            hostname: String::new(),
+            name: String::new(),
+            hostinfo: json!({}),
+            endpoints: Vec::new(),
+            home_derp: 1,
+            cap: 0,
+            streams: 0,
+            logged_out: false,
+        };
+        self.nodes.insert(id, node);
+        id
+    }
+
+    pub fn add_fake(&mut self, hostname: &str, keys: [[u8; 32]; 3]) -> u64 {
+        let id = self.add_node(
+            key_string("nodekey", &keys[0]),
+            key_string("mkey", &keys[1]),
+            true,
+        );
+        let name = self.unique_name(id, hostname, true);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.disco_key = Some(key_string("discokey", &keys[2]));
+            n.hostname = hostname.to_string();
+            n.hostinfo = json!({"Hostname": hostname, "OS": "linux"});
+            n.name = name;
+        }
+        id
+    }
+
+    /// The live node holding `node_key` (or, during a key rotation, `old_node_key`) for this machine.
+    fn find_node(&self, req: &RegisterRequest, machine: &str, node_key: &str) -> Option<u64> {
+        let old = nonzero_key(&req.old_node_key, "nodekey");
+        self.nodes
+            .values()
+            .filter(|n| !n.fake && n.machine_key == machine)
+            .find(|n| n.node_key == node_key || Some(&n.node_key) == old.as_ref())
+            .map(|n| n.id)
+    }
+
+    pub fn register(&mut self, req: RegisterRequest, machine: &str, now: i64) -> RegisterReply {
+        self.register_requests += 1;
+        let (user, login) = user_login();
+        let err =
+            |msg: &str| RegisterReply::Json(json!({"User": {"ID": 0}, "Login": {}, "Error": msg}));
+        let Some(node_key) = nonzero_key(&req.node_key, "nodekey") else {
+            return err("invalid node key");
+        };
+        let expiry = req.expiry.as_deref().and_then(parse_time);
+        if expiry.is_some_and(|t| t > 0 && t <= now) {
+            // `tailscale logout`: Expiry far in the past.
+            let id = self.find_node(&req, machine, &node_key);
+            if let Some(n) = id.and_then(|id| self.nodes.get_mut(&id)) {
+                n.logged_out = true;
+            }
+            return RegisterReply::Json(
+                json!({"User": user, "Login": login, "NodeKeyExpired": true}),
+            );
+        }
+        if !req.followup.is_empty() {
+            return RegisterReply::WaitForever;
+        }
+        let auth_key = req
+            .auth
+            .as_ref()
+            .map(|a| a.auth_key.trim())
+            .filter(|k| !k.is_empty());
+        let existing = self.find_node(&req, machine, &node_key);
+        let id = match (auth_key, existing) {
+            (Some(key), _) if !self.valid_keys.iter().any(|k| k == key) => {
+                return err("invalid key: this auth key is not accepted by the control server");
+            }
+            (Some(_), found) => {
+                self.register_count += 1;
+                // One node per machine: a re-login after logout reuses it.
+                let by_machine = || {
+                    self.nodes
+                        .values()
+                        .find(|n| !n.fake && n.machine_key == machine)
+                        .map(|n| n.id)
+                };
+                match found.or_else(by_machine) {
+                    Some(id) => id,
+                    None => self.add_node(node_key.clone(), machine.to_string(), false),
+                }
+            }
+            (None, Some(id)) if self.nodes.get(&id).is_some_and(|n| !n.logged_out) => id,
+            (None, _) => {
+                let short = node_key.get(8..20).unwrap_or("node");
+                let url = format!("{}/register/{short}", self.base_url);
+                return RegisterReply::Json(
+                    json!({"User": {"ID": 0}, "Login": {}, "AuthURL": url}),
+                );
+            }
+        };
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.node_key = node_key;
+            n.cap = req.version;
+            n.logged_out = false;
+        }
+        let hostinfo = req
+            .hostinfo
+            .or_else(|| self.nodes.get(&id).map(|n| n.hostinfo.clone()));
+        self.set_hostinfo(id, hostinfo.unwrap_or_else(|| json!({})));
+        RegisterReply::Json(json!({"User": user, "Login": login, "MachineAuthorized": true}))
+    }
+
+    /// Applies a map request to its node; returns the node id, or None for an unknown node.
+    pub fn map_request(&mut self, req: &MapRequest, machine: &str) -> Option<u64> {
+        let key = nonzero_key(&req.node_key, "nodekey")?;
+        let id = self
+            .nodes
+            .values()
+            .find(|n| !n.fake && !n.logged_out && n.node_key == key && n.machine_key == machine)?
+            .id;
+        if let Some(hostinfo) = req.hostinfo.clone() {
+            self.set_hostinfo(id, hostinfo);
+        }
+        let n = self.nodes.get_mut(&id)?;
+        if let Some(d) = nonzero_key(&req.disco_key, "discokey") {
+            n.disco_key = Some(d);
+        }
+        if let Some(eps) = req.endpoints.as_ref().filter(|e| !e.is_empty()) {
+            n.endpoints = eps.clone();
+        }
+        if req.version > 0 {
+            n.cap = req.version;
+        }
+        Some(id)
+    }
+
+    pub fn node_json(&self, n: &Node) -> Value {
+        let addrs = n.addresses();
+        let mut v = json!({
+            "ID": n.id, "StableID": format!("stable-{}", n.id), "Name": n.name, "User": USER_ID,
+            "Key": n.node_key, "Machine": n.machine_key, "Addresses": addrs, "AllowedIPs": addrs,
+            "Endpoints": n.endpoints, "HomeDERP": n.home_derp, "Hostinfo": n.hostinfo,
+            "MachineAuthorized": true, "Online": n.online(),
+        });
+        if let Some(d) = &n.disco_key {
+            v["DiscoKey"] = d.clone().into();
+        }
+        if n.cap > 0 {
+            v["Cap"] = n.cap.into();
+        }
+        v
+    }
+
+    fn derp_map(&self) -> Value {
+        let v4 = self.derp_host.parse::<Ipv4Addr>().is_ok();
+        let (ipv4, ipv6) = if v4 {
+            (self.derp_host.as_str(), "none")
+        } else {
+            ("none", self.derp_host.as_str())
+        };
+        json!({"Regions": {"1": {
+            "RegionID": 1, "RegionCode": "test", "RegionName": "Test DERP",
+            "Nodes": [{"Name": "1a", "RegionID": 1, "HostName": self.derp_host, "IPv4": ipv4,
+                       "IPv6": ipv6, "DERPPort": self.derp_port, "STUNPort": self.stun_port}],
+        }}, "omitDefaultRegions": true})
+    }
+}
+
+/// What one streaming map poll has told its client, to send only the differences.
+pub struct MapSession {
+    pub node_id: u64,
+    sent_self: String,
+    sent_peers: BTreeMap<u64, String>,
+}
+
+pub enum Delta {
+    /// The node is gone or logged out: end the stream.
+    End,
+    Nothing,
+    Send(Value),
+}
+
+impl MapSession {
+    pub fn new(node_id: u64) -> MapSession {
+        MapSession {
+            node_id,
+            sent_self: String::new(),
+            sent_peers: BTreeMap::new(),
+        }
+    }
+
+    fn current_peers(&self, st: &State) -> BTreeMap<u64, (String, Value)> {
+        st.nodes
+            .values()
+            .filter(|n| n.id != self.node_id && !n.logged_out)
+            .map(|n| {
+                let v = st.node_json(n);
+                (n.id, (v.to_string(), v))
+            })
+            .collect()
+    }
+
+    /// The first response of a poll: everything.
+    pub fn full(&mut self, st: &State) -> Option<Value> {
+        let me = st.nodes.get(&self.node_id)?;
+        let self_json = st.node_json(me);
+        self.sent_self = self_json.to_string();
+        let peers = self.current_peers(st);
+        let list: Vec<Value> = peers.values().map(|(_, v)| v.clone()).collect();
+        self.sent_peers = peers.into_iter().map(|(id, (s, _))| (id, s)).collect();
+        Some(json!({
+            "Node": self_json, "DERPMap": st.derp_map(), "Peers": list, "Domain": DOMAIN,
+            "UserProfiles": [{"ID": USER_ID, "LoginName": "test@tail.example", "DisplayName": "Test User"}],
+            "PacketFilter": [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}],
+        }))
+    }
+
+    pub fn delta(&mut self, st: &State) -> Delta {
+        let Some(me) = st.nodes.get(&self.node_id).filter(|n| !n.logged_out) else {
+            return Delta::End;
+        };
+        let mut resp = serde_json::Map::new();
+        let self_json = st.node_json(me);
+        let self_str = self_json.to_string();
+        if self_str != self.sent_self {
+            self.sent_self = self_str;
+            resp.insert("Node".into(), self_json);
+        }
+        let peers = self.current_peers(st);
+        let removed: Vec<u64> = self
+            .sent_peers
+            .keys()
+            .filter(|id| !peers.contains_key(id))
+            .copied()
+            .collect();
+        let mut changed = Vec::new();
+        for (id, (s, v)) in peers {
+            if self.sent_peers.get(&id) != Some(&s) {
+                self.sent_peers.insert(id, s);
+                changed.push(v);
+            }
+        }
+        for id in &removed {
+            self.sent_peers.remove(id);
+        }
+        if !changed.is_empty() {
+            resp.insert("PeersChanged".into(), changed.into());
+        }
+        if !removed.is_empty() {
+            resp.insert("PeersRemoved".into(), removed.into());
+        }
+        if resp.is_empty() {
+            Delta::Nothing
+        } else {
+            Delta::Send(Value::Object(resp))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MK: &str = "mkey:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn nk(b: u8) -> String {
+        key_string("nodekey", &[b; 32])
+    }
+
+    fn req(node: &str, auth: Option<&str>) -> RegisterRequest {
+        RegisterRequest {
+            node_key: node.into(),
+            auth: auth.map(|k| Auth { auth_key: k.into() }),
+            expiry: Some("0001-01-01T00:00:00Z".into()),
+            hostinfo: Some(json!({"Hostname": "box"})),
+            ..Default::default()
+        }
+    }
+
+    fn reply(r: RegisterReply) -> Value {
+        match r {
+            RegisterReply::Json(v) => v,
+            RegisterReply::WaitForever => panic!("unexpected wait"),
+        }
+    }
+
+    #[test]
+    fn time_parsing() {
+        assert_eq!(parse_time("1970-01-01T00:02:03Z"), Some(123));
+        assert_eq!(
+            parse_time("2024-03-01T00:00:00.5+02:00"),
+            Some(1_709_251_200)
+        );
+        assert!(parse_time("0001-01-01T00:00:00Z").unwrap() < 0);
+        assert_eq!(parse_time("garbage"), None);
+    }
+
+    #[test]
+    fn register_flow() {
+        let mut st = State::new("http://x".into(), "127.0.0.1".into(), 1);
+        st.valid_keys = vec!["good".into()];
+        let now = 1_700_000_000;
+        let v = reply(st.register(req(&nk(1), Some("bad")), MK, now));
+        assert!(v["Error"].as_str().unwrap().contains("invalid key"));
+        let v = reply(st.register(req(&nk(1), None), MK, now));
+        assert_eq!(v["AuthURL"], "http://x/register/010101010101");
+        let v = reply(st.register(req(&nk(1), Some("good")), MK, now));
+        assert_eq!(v["MachineAuthorized"], true);
+        assert_eq!(
+            (st.nodes.len(), st.register_count, st.register_requests),
+            (1, 1, 3)
+        );
+        assert_eq!(st.nodes[&1].name, "box.tail.example.");
+        // Known node key without auth: same node.
+        let v = reply(st.register(req(&nk(1), None), MK, now));
+        assert_eq!(v["MachineAuthorized"], true);
+        // Rotation via OldNodeKey.
+        let mut r = req(&nk(2), None);
+        r.old_node_key = nk(1);
+        reply(st.register(r, MK, now));
+        assert_eq!((st.nodes.len(), st.nodes[&1].node_key.clone()), (1, nk(2)));
+        // Logout.
+        let mut r = req(&nk(2), None);
+        r.expiry = Some("1970-01-01T00:02:03Z".into());
+        assert_eq!(reply(st.register(r, MK, now))["NodeKeyExpired"], true);
+        assert!(st.nodes[&1].logged_out);
+        // Followup waits.
+        let mut r = req(&nk(3), None);
+        r.followup = "http://x/register/y".into();
+        assert!(matches!(
+            st.register(r, MK, now),
+            RegisterReply::WaitForever
+        ));
+        // Re-login on the same machine reuses the node.
+        reply(st.register(req(&nk(3), Some("good")), MK, now));
+        assert_eq!(
+            (st.nodes.len(), st.nodes[&1].logged_out, st.register_count),
+            (1, false, 2)
+        );
+    }
+
+    #[test]
+    fn map_session_diffs() {
+        let mut st = State::new("http://x".into(), "127.0.0.1".into(), 1);
+        st.valid_keys = vec!["k".into()];
+        reply(st.register(req(&nk(1), Some("k")), MK, 0));
+        let mut s = MapSession::new(1);
+        let full = s.full(&st).unwrap();
+        assert_eq!(full["Node"]["Addresses"][0], "100.64.0.1/32");
+        assert_eq!(full["Peers"], json!([]));
+        assert!(matches!(s.delta(&st), Delta::Nothing));
+        let fake = st.add_fake("peer", [[5; 32], [6; 32], [7; 32]]);
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d["PeersChanged"][0]["Name"], "peer.tail.example.");
+        assert_eq!(d["PeersChanged"][0]["Addresses"][0], "100.64.0.2/32");
+        st.nodes.remove(&fake);
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d, json!({"PeersRemoved": [fake]}));
+        st.nodes.get_mut(&1).unwrap().logged_out = true;
+        assert!(matches!(s.delta(&st), Delta::End));
+    }
+}
