@@ -296,7 +296,12 @@ impl Tailnet {
         if self.daemon.is_none() {
             self.spawn(init)?;
         }
-        let status = self.wait_ready(init, deadline)?;
+        let mut status = self.wait_ready(init, deadline)?;
+        if status.backend_state == "NoState" {
+            // Answering already, but still loading its profile: a saved login would
+            // look like none. Wait for the real state.
+            status = self.wait_past_nostate(init, deadline)?;
+        }
         if let Some(h) = &self.hosts {
             h.connect();
         }
@@ -462,6 +467,61 @@ impl Tailnet {
                 Woke::Deadline | Woke::Handled => {}
             }
         }
+    }
+
+    /// Waits until tailscaled's state is no longer NoState: a thread follows the IPN bus
+    /// and wakes the main loop through a socket pair, so signals and tailscaled's exit are
+    /// still handled meanwhile.
+    fn wait_past_nostate(
+        &mut self,
+        init: &mut Init,
+        deadline: Instant,
+    ) -> Result<Status, BringupError> {
+        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
+        let socket = self.cfg.socket.clone();
+        let watcher = std::thread::Builder::new()
+            .name("state".to_string())
+            .spawn(move || {
+                if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1) {
+                    for event in bus {
+                        let Ok(event) = event else { break };
+                        if event
+                            .get("State")
+                            .and_then(|s| s.as_i64())
+                            .is_some_and(|s| s != 0)
+                        {
+                            break;
+                        }
+                    }
+                }
+                // Success or not, the main loop looks at the state again.
+                (&wake_tx).write_all(b"x").ok();
+            });
+        if let Err(e) = watcher {
+            return Err(BringupError::Failed(format!(
+                "cannot watch tailscaled's state: {e}"
+            )));
+        }
+        loop {
+            self.check_interrupts(init)?;
+            match init.pump(Some(deadline), &[wake_rx.as_fd()]) {
+                Woke::Ready(_) => break,
+                Woke::Deadline => {
+                    return Err(BringupError::Failed(format!(
+                        "tailscaled stayed in state NoState for {} (tailscale.boot_timeout)",
+                        duration::format(self.cfg.boot_timeout)
+                    )));
+                }
+                Woke::Handled => {}
+            }
+        }
+        let status = self
+            .api()
+            .status()
+            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's status: {e}")))?;
+        debug!("tailscaled state: {}", status.backend_state);
+        Ok(status)
     }
 
     /// Fails if a stop signal came, the workload ended, or tailscaled died.
