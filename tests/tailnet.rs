@@ -241,3 +241,81 @@ fn logout_on_exit_logs_the_node_out_at_shutdown() {
     assert_eq!(nodes.len(), 1);
     assert!(nodes[0].logged_out, "control saw the logout: {nodes:?}");
 }
+
+/// Two tsinit nodes in two namespaces joined by a veth, kernel networking: each finds
+/// the other by name in its /etc/hosts (bind-mounted over, as Docker does, in each
+/// node's own mount namespace) and a TCP connection crosses the tailnet.
+#[test]
+fn two_nodes_find_each_other_by_name_and_talk_over_the_tailnet() {
+    let machine_hosts = std::fs::read("/etc/hosts").unwrap();
+    let a = NetNs::new();
+    let b = NetNs::new();
+    let ip = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "ip {args:?}"
+        );
+    };
+    ip(&[
+        "-n", &a.name, "link", "add", "to-b", "type", "veth", "peer", "name", "to-a", "netns",
+        &b.name,
+    ]);
+    ip(&["-n", &a.name, "addr", "add", "10.231.0.1/24", "dev", "to-b"]);
+    ip(&["-n", &b.name, "addr", "add", "10.231.0.2/24", "dev", "to-a"]);
+    ip(&["-n", &a.name, "link", "set", "to-b", "up"]);
+    ip(&["-n", &b.name, "link", "set", "to-a", "up"]);
+    let control = TestControl::start_in_netns(&a.name, "10.231.0.1:0").expect("control");
+    control.set_valid_keys(&[KEY]);
+
+    let node = |ns: &NetNs, dir: &TempDir, name: &str, script: &str| {
+        let hosts = common::test_hosts_file(dir.path());
+        let mut cmd = ns.cmd("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+            "sh",
+            "-c",
+        ])
+        .arg("mount --bind \"$NODE_HOSTS\" /etc/hosts && exec \"$TSINIT\" -- sh -c \"$SCRIPT\"");
+        common::tailscale_env(&mut cmd, dir.path());
+        cmd.env("NODE_HOSTS", &hosts)
+            .env("TSINIT", common::tsinit_bin())
+            .env("SCRIPT", script)
+            .env("TSINIT_HOSTS_PATH", "/etc/hosts")
+            .env("TSINIT_NETWORKING", "kernel")
+            .env("TSINIT_TAILSCALE_HOSTNAME", name)
+            .env("TSINIT_TAILSCALE_LOGIN_SERVER", control.url())
+            .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
+            .env("TS_DEBUG_USE_DERP_HTTP", "1")
+            .env("TS_AUTHKEY", KEY);
+        Running::start(cmd)
+    };
+    let (dir_a, dir_b) = (TempDir::new("node-a"), TempDir::new("node-b"));
+    let server = "python3 -c \"import socket; s = socket.socket(); \
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+                  s.bind(('0.0.0.0', 8080)); s.listen(); print('listening', flush=True); \
+                  c, _ = s.accept(); c.sendall(b'hello over the tailnet from nodea' + bytes([10])); \
+                  c.close()\"";
+    let mut node_a = node(&a, &dir_a, "nodea", server);
+    node_a.wait_stdout("listening");
+    let client = r#"
+        end=$(( $(date +%s) + 20 ))
+        until getent hosts nodea >/dev/null; do
+            [ "$(date +%s)" -lt "$end" ] || { echo "nodea never appeared in /etc/hosts"; exit 1; }
+            sleep 0.05
+        done
+        echo "nodea is $(getent hosts nodea)"
+        bash -c 'exec 3<>/dev/tcp/nodea/8080 && head -n 1 <&3'
+    "#;
+    let mut node_b = node(&b, &dir_b, "nodeb", client);
+    assert_eq!(node_b.code(), 0, "{}\n{}", node_b.stdout(), node_b.stderr());
+    let out = node_b.stdout();
+    assert!(out.contains(" nodea.tail.example nodea"), "{out}");
+    assert!(out.contains("hello over the tailnet from nodea"), "{out}");
+    assert_eq!(node_a.code(), 0, "{}", node_a.stderr());
+    // nodeb's own block named nodea; the machine's /etc/hosts was never touched.
+    assert_eq!(std::fs::read("/etc/hosts").unwrap(), machine_hosts);
+    drop(control);
+}
