@@ -96,7 +96,8 @@ impl Reaper {
     }
 }
 
-fn describe(exit: Exit) -> String {
+/// How a child ended, in words ("exit code 3", "killed by SIGTERM").
+pub fn describe(exit: Exit) -> String {
     match exit {
         Exit::Code(code) => format!("exit code {code}"),
         Exit::Signal(sig) => format!("killed by {}", signals::name(sig)),

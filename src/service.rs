@@ -21,7 +21,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use crate::config::{self, Config, Enabled, Networking};
 use crate::duration;
 use crate::error::Error;
-use crate::init::{Init, Service, Woke};
+use crate::init::{Init, Service, Woke, describe};
 use crate::localapi::{LocalApi, PendingRequest, Status};
 use crate::preflight;
 use crate::sys::Exit;
@@ -725,12 +725,6 @@ impl Tailnet {
     }
 }
 
-fn describe(exit: Exit) -> String {
-    match exit {
-        Exit::Code(c) => format!("exit code {c}"),
-        Exit::Signal(s) => format!("killed by {}", crate::signals::name(s)),
-    }
-}
 
 /// Where tailscaled's log lines go.
 enum LogSink {
