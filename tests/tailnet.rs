@@ -226,12 +226,14 @@ fn the_hosts_block_follows_peers_as_they_come_and_go() {
 #[test]
 fn logout_on_exit_logs_the_node_out_at_shutdown() {
     let net = Tailnet::new("logout");
-    let mut cmd = net.tsinit(&["--", "true"]);
+    // The workload starts only once the node is Running (userspace mode here).
+    let mut cmd = net.tsinit(&["--", "sh", "-c", "\"$TSINIT\" status | grep ^state:"]);
     cmd.env("TS_AUTHKEY", KEY)
         .env("TSINIT_NETWORKING", "userspace")
         .env("TSINIT_TAILSCALE_LOGOUT_ON_EXIT", "true");
     let mut r = Running::start(cmd);
     assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.stdout(), "state: Running\n");
     assert!(
         r.stderr().contains("logged out of the tailnet"),
         "{}",
@@ -318,4 +320,23 @@ fn two_nodes_find_each_other_by_name_and_talk_over_the_tailnet() {
     // nodeb's own block named nodea; the machine's /etc/hosts was never touched.
     assert_eq!(std::fs::read("/etc/hosts").unwrap(), machine_hosts);
     drop(control);
+}
+
+/// Not logged in and no key: tsinit says so and the login URL from control reaches the
+/// log (an interactive login), then on_failure decides.
+#[test]
+fn no_key_starts_an_interactive_login_with_the_url_in_the_log() {
+    let net = Tailnet::new("interactive");
+    let mut cmd = net.tsinit(&["--", "true"]);
+    cmd.env("TSINIT_TAILSCALE_UP_TIMEOUT", "3s")
+        .env("TSINIT_ON_FAILURE", "continue");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("no auth key was given"), "{err}");
+    assert!(
+        err.contains(&format!("{}/register/", net.control.url())),
+        "{err}"
+    );
+    assert_eq!(net.control.register_count(), 0);
 }

@@ -412,3 +412,73 @@ fn tailscaled_outlives_the_workloads_shutdown() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.stdout().contains("state: NeedsLogin"), "{}", r.stdout());
 }
+
+/// tailscaled dying before it answers ends the wait at once, with its exit and last
+/// lines in the one error.
+#[test]
+fn tailscaled_dying_at_boot_is_reported_with_its_last_lines() {
+    let ns = NetNs::new();
+    let dir = TempDir::new("dies");
+    let mut cmd = pid1_in(&ns, dir.path(), &["--", "true"]);
+    cmd.env(
+        "TSINIT_TAILSCALE_TAILSCALED_ARGS",
+        "--no-logs-no-support --no-such-flag",
+    );
+    let started = Instant::now();
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = r.stderr();
+    assert!(
+        err.contains("tailscaled exited (exit code 2) before it was ready"),
+        "{err}"
+    );
+    // Its own words (here the end of its usage text) are in the same message.
+    assert!(err.contains("  tailscaled:   -socket string"), "{err}");
+}
+
+/// The workload runs without CAP_NET_ADMIN and CAP_NET_RAW (tailscaled keeps them),
+/// unless tailscale.keep_caps says otherwise.
+#[test]
+fn the_workload_runs_without_network_admin_capabilities() {
+    let ns = NetNs::new();
+    let dir = TempDir::new("caps");
+    let script = "grep CapEff /proc/self/status";
+    for (keep, want_net_caps) in [("false", false), ("true", true)] {
+        let mut cmd = pid1_in(&ns, dir.path(), &["--", "sh", "-c", script]);
+        cmd.env("TSINIT_NETWORKING", "userspace")
+            .env("TSINIT_ON_FAILURE", "continue")
+            .env("TSINIT_TAILSCALE_KEEP_CAPS", keep);
+        let mut r = Running::start(cmd);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        let out = r.stdout();
+        let hex = out.trim().rsplit('\t').next().unwrap();
+        let caps = u64::from_str_radix(hex, 16).unwrap();
+        let net_caps = (1 << 12) | (1 << 13);
+        assert_eq!(
+            caps & net_caps == net_caps,
+            want_net_caps,
+            "keep_caps={keep}: {out}"
+        );
+        assert_ne!(caps, 0, "the rest stays: {out}");
+    }
+}
+
+/// Without tailscale installed and nothing configured, tsinit is a plain init and says
+/// so once.
+#[test]
+fn without_tailscale_it_is_a_plain_init_and_says_so_once() {
+    let mut cmd = common::pid1(&["--", "sh", "-c", "echo ran"]);
+    cmd.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.stdout(), "ran\n");
+    assert_eq!(
+        r.stderr(),
+        "tsinit: tailscaled not found in PATH: running as a plain init\n"
+    );
+}
