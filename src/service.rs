@@ -725,7 +725,6 @@ impl Tailnet {
     }
 }
 
-
 /// Where tailscaled's log lines go.
 enum LogSink {
     /// tsinit's log, at this level, prefixed "tailscaled:".
@@ -839,8 +838,9 @@ impl Tailnet {
 }
 
 /// IPN bus events that make the hosts block be looked at again: the initial state and
-/// netmap, then every change (rate-limited by tailscaled).
-const BUS_MASK: u32 = (1 << 1) | (1 << 3) | (1 << 8);
+/// netmap, then every change. Not NotifyRateLimit (1 << 8): it holds changes that come
+/// close together back for seconds, and the block should follow within milliseconds.
+const BUS_MASK: u32 = (1 << 1) | (1 << 3);
 
 struct HostsState {
     file: crate::hosts::HostsFile,

@@ -1,9 +1,10 @@
 //! `testcontrol --listen ADDR [--netns NAME] --key KEY...`: runs the test control + DERP
 //! server, prints its URL as the first line of stdout, and runs until SIGTERM/SIGINT, or
 //! until stdin reaches EOF when stdin is a pipe or socket (so `cmd &` with stdin on
-//! /dev/null keeps running).
+//! /dev/null keeps running). From a pipe it also takes commands, one per line:
+//! `add NAME` (a fake peer; prints its id) and `remove ID`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::FileTypeExt;
 
 use testcontrol::TestControl;
@@ -60,9 +61,22 @@ fn main() {
         .map(|m| m.file_type().is_fifo() || m.file_type().is_socket())
         .unwrap_or(false);
     if stdin_is_pipe {
-        let mut sink = [0u8; 4096];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("add"), Some(name)) => println!("{}", server.add_fake_peer(name)),
+                (Some("remove"), Some(id)) => match id.parse() {
+                    Ok(id) => {
+                        server.remove_peer(id);
+                        println!("removed {id}");
+                    }
+                    Err(_) => println!("error: bad id {id:?}"),
+                },
+                _ => println!("error: commands are `add NAME` and `remove ID`"),
+            }
+            let _ = std::io::stdout().flush();
+        }
     } else {
         // SIGTERM and SIGINT keep their default action: end the process.
         loop {
