@@ -205,10 +205,6 @@ impl Init {
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// Setup for a background child (a service or CLI call): signal state restored, not
     /// in the terminal's foreground, capabilities kept.
     pub fn background_child(&self) -> sys::ChildSetup {

@@ -260,10 +260,6 @@ pub fn tailscaled_args(t: &config::Tailscale, userspace: bool) -> Vec<String> {
 }
 
 impl Tailnet {
-    pub fn userspace(&self) -> bool {
-        self.userspace
-    }
-
     /// What the workload's environment gets: TS_SOCKET, the proxy variables in userspace
     /// mode; the auth key variables are removed.
     pub fn workload_env(&self) -> Vec<(String, Option<String>)> {
