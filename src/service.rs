@@ -92,6 +92,12 @@ pub fn prepare(
         debug!("tailscale.enabled = false: running as a plain init");
         return Ok(None);
     }
+    if env("RELEASE_COMMAND").is_some_and(|v| !v.is_empty()) && t.enabled == Enabled::Auto {
+        // Fly's release machines have no volumes: a login there would register a new
+        // node on every deploy.
+        info!("RELEASE_COMMAND is set (a release machine): not starting tailscale");
+        return Ok(None);
+    }
     let path_env = env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
     let found = |configured: &Option<PathBuf>, name: &str| {
         configured
@@ -151,7 +157,7 @@ pub fn prepare(
             )
         }
     };
-    let desired = Desired::from_config(config, &hostname);
+    let desired = Desired::from_config(config, &tailscale::default_hostname(&hostname, env));
     let key = tailscale::auth_key(
         t.auth_key_file.as_deref(),
         env,

@@ -21,13 +21,14 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn from_config(config: &Config, system_hostname: &str) -> Desired {
+    /// `default_hostname` is used when the configuration names none.
+    pub fn from_config(config: &Config, default_hostname: &str) -> Desired {
         let t = &config.tailscale;
         Desired {
             hostname: t
                 .hostname
                 .clone()
-                .unwrap_or_else(|| dns_label(system_hostname)),
+                .unwrap_or_else(|| default_hostname.to_string()),
             accept_dns: t.accept_dns,
             advertise_tags: t.advertise_tags.clone(),
             advertise_routes: t.advertise_routes.clone(),
@@ -240,6 +241,17 @@ pub fn check_key(key: &AuthKey, desired: &Desired) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The node's name when none is configured: `<app>-<machine id>` on Fly Machines (whose
+/// hostname is the bare machine id), else the container's hostname; made a DNS label.
+pub fn default_hostname(system: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    match (env("FLY_APP_NAME"), env("FLY_MACHINE_ID")) {
+        (Some(app), Some(id)) if !app.is_empty() && !id.is_empty() => {
+            dns_label(&format!("{app}-{id}"))
+        }
+        _ => dns_label(system),
+    }
 }
 
 /// `name` as a valid DNS label: lower case, [a-z0-9-], no leading/trailing '-', at most
@@ -471,6 +483,21 @@ mod tests {
         tagged.advertise_tags = vec!["tag:ci".into()];
         assert_eq!(check_key(&key, &tagged), Ok(()));
         assert_eq!(format!("{key:?}"), "AuthKey(from $TS_AUTHKEY)");
+    }
+
+    #[test]
+    fn default_hostnames() {
+        let none = |_: &str| None;
+        assert_eq!(default_hostname("Web_1", &none), "web-1");
+        let fly = |k: &str| match k {
+            "FLY_APP_NAME" => Some("my-app".to_string()),
+            "FLY_MACHINE_ID" => Some("148e272b5e3d89".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            default_hostname("148e272b5e3d89", &fly),
+            "my-app-148e272b5e3d89"
+        );
     }
 
     #[test]

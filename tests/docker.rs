@@ -168,6 +168,7 @@ fn docker(args: &[&str]) -> Command {
 
 /// Runs `docker args...`, which must succeed within 60 s; returns its trimmed stdout.
 fn docker_ok(args: &[&str]) -> String {
+    require_docker();
     let out = run(docker(args), RUN_TIMEOUT);
     assert_eq!(out.code, 0, "docker {args:?} failed: {out}");
     out.stdout.trim().to_string()
@@ -195,11 +196,47 @@ fn require_docker() {
                 "the Docker daemon is not reachable (`docker version` failed): {}",
                 String::from_utf8_lossy(&o.stderr).trim()
             )),
-            Ok(o) => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Ok(o) => {
+                sweep_leftovers();
+                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
         }
     });
     if let Err(why) = checked {
         panic!("tests/docker.rs needs Docker: {why}");
+    }
+}
+
+/// Removes the containers and volumes of earlier test runs that were killed before
+/// their cleanup could run (names carry the test process's pid; it no longer exists).
+fn sweep_leftovers() {
+    let stale = |name: &str| {
+        let pid = name
+            .split("tsinit-test-")
+            .nth(1)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        pid.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
+    };
+    let list = |args: &[&str]| -> Vec<String> {
+        let mut cmd = docker(args);
+        cmd.stdin(Stdio::null());
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+            .filter(|name| stale(name))
+            .map(str::to_string)
+            .collect()
+    };
+    let filter = "--filter=name=tsinit-test-";
+    for name in list(&["ps", "--all", filter, "--format", "{{.Names}}"]) {
+        remove(&["rm", "--force", "--volumes", &name], "No such container");
+    }
+    for name in list(&["volume", "ls", filter, "--format", "{{.Name}}"]) {
+        remove(&["volume", "rm", "--force", &name], "no such volume");
     }
 }
 
@@ -498,7 +535,8 @@ fn docker_stop_is_fast_with_tsinit_and_slow_with_a_signal_less_pid1() {
 
 /// A workload that makes 8 orphans (each `sleep 0.5` loses its parent subshell at once),
 /// prints who adopted each, then waits (at most 10 s) until every one has exited and been
-/// reaped: a zombie keeps its /proc entry, so "gone from /proc" means reaped.
+/// reaped: a zombie keeps its /proc entry, so "gone from /proc" means reaped. With
+/// WANT=zombies it waits instead until all 8 are zombies (the control without a reaper).
 const ORPHANS: &str = r#"
 echo "pid1 $(cat /proc/1/comm) tsinit-pid $PPID $(cat /proc/$PPID/comm)"
 : > /tmp/orphans
@@ -506,15 +544,21 @@ for i in 1 2 3 4 5 6 7 8; do (sleep 0.5 & echo $! >> /tmp/orphans); done
 for p in $(cat /tmp/orphans); do echo "adopted-by $(awk '/^PPid:/ { print $2 }' /proc/$p/status)"; done
 i=0
 while :; do
-  left=""
+  left=""; zombies=0
   for p in $(cat /tmp/orphans); do
-    [ -e /proc/$p ] && left="$left $p:$(awk '/^State:/ { print $2 }' /proc/$p/status)"
+    [ -e /proc/$p ] || continue
+    state=$(awk '/^State:/ { print $2 }' /proc/$p/status)
+    left="$left $p:$state"
+    [ "$state" = Z ] && zombies=$((zombies + 1))
   done
-  [ -z "$left" ] && break
-  i=$((i + 1)); [ $i -le 200 ] || { echo "not reaped:$left"; exit 1; }
+  if [ "${WANT:-reaped}" = zombies ]; then
+    [ $zombies -eq 8 ] && { echo all-zombies; exit 0; }
+  else
+    [ -z "$left" ] && { echo all-reaped; exit 0; }
+  fi
+  i=$((i + 1)); [ $i -le 200 ] || { echo "still there after 10 s:$left"; exit 1; }
   sleep 0.05
 done
-echo all-reaped
 "#;
 
 fn orphans_are_reaped(init: bool) -> Output {
@@ -543,6 +587,45 @@ fn zombies_are_reaped_with_tsinit_as_pid1() {
         "{out}"
     );
     assert_eq!(out.stdout.matches("adopted-by 1\n").count(), 8, "{out}");
+}
+
+#[test]
+fn control_without_a_reaping_pid1_the_orphans_stay_zombies() {
+    // The same orphans under a PID 1 that never calls wait (busybox sleep), made by a
+    // `docker exec`: they stay zombies. This is what the two tests around it rule out.
+    let c = Container::new();
+    let out = run(
+        docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &c.name,
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sleep",
+            image(),
+            "1000",
+        ]),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    let out = run(
+        docker(&[
+            "exec",
+            "--env",
+            "WANT=zombies",
+            &c.name,
+            "sh",
+            "-c",
+            ORPHANS,
+        ]),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("pid1 sleep "), "{out}");
+    assert_eq!(out.stdout.matches("adopted-by 1\n").count(), 8, "{out}");
+    assert!(out.stdout.contains("all-zombies"), "{out}");
 }
 
 #[test]
@@ -717,11 +800,14 @@ fn compose_program() -> &'static [&'static str] {
 struct Project {
     name: String,
     dir: TempDir,
+    program: &'static [&'static str],
+    image: &'static str,
 }
 
 impl Project {
     /// `services`: the override's services section (YAML, indented by two spaces).
     fn new(services: &str) -> Project {
+        let (program, image) = (compose_program(), image());
         let dir = TempDir::new();
         dir.write("ts_authkey", "");
         // The default network is the host's `none`: no bridge network gets created.
@@ -732,19 +818,20 @@ impl Project {
         Project {
             name: unique("compose"),
             dir,
+            program,
+            image,
         }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let program = compose_program();
-        let mut cmd = Command::new(program[0]);
-        cmd.args(&program[1..])
+        let mut cmd = Command::new(self.program[0]);
+        cmd.args(&self.program[1..])
             .args(["--project-name", &self.name, "--file"])
             .arg(Path::new(REPO).join("compose.yaml"))
             .arg("--file")
             .arg(self.dir.0.join("override.yaml"))
             .args(args)
-            .env("TSINIT_IMAGE", image())
+            .env("TSINIT_IMAGE", self.image)
             .env("TS_AUTHKEY_SECRET_FILE", self.dir.0.join("ts_authkey"))
             .env_remove("TS_AUTHKEY")
             .env_remove("TS_HOSTNAME");
@@ -764,9 +851,15 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let out = run(self.cmd(&["down", "--volumes"]), RUN_TIMEOUT);
-        if out.code != 0 {
-            eprintln!("cleanup: compose down failed: {out}");
+        let mut down = self.cmd(&["down", "--volumes"]);
+        down.stdin(Stdio::null());
+        match down.output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "cleanup: compose down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cleanup: compose down: {e}"),
         }
     }
 }
