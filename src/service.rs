@@ -302,12 +302,14 @@ impl Tailnet {
         if status.backend_state == "NoState" {
             // Answering already, but still loading its profile: a saved login would
             // look like none. Wait for the real state.
-            status = self.wait_past_nostate(init, deadline)?;
+            status.backend_state = self.wait_past_nostate(init, deadline)?;
         }
+        let result = self.converge(init, status);
+        // After converging, so the watcher's first sync does not compete with it.
         if let Some(h) = &self.hosts {
             h.connect();
         }
-        self.converge(init, status)
+        result
     }
 
     fn spawn(&mut self, init: &mut Init) -> Result<(), BringupError> {
@@ -478,27 +480,27 @@ impl Tailnet {
         &mut self,
         init: &mut Init,
         deadline: Instant,
-    ) -> Result<Status, BringupError> {
+    ) -> Result<String, BringupError> {
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
         let socket = self.cfg.socket.clone();
         let watcher = std::thread::Builder::new()
             .name("state".to_string())
             .spawn(move || {
+                let mut state = 0;
                 if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1) {
                     for event in bus {
                         let Ok(event) = event else { break };
-                        if event
-                            .get("State")
-                            .and_then(|s| s.as_i64())
-                            .is_some_and(|s| s != 0)
+                        if let Some(s) = event.get("State").and_then(|s| s.as_u64())
+                            && s != 0
                         {
+                            state = s;
                             break;
                         }
                     }
                 }
-                // Success or not, the main loop looks at the state again.
-                (&wake_tx).write_all(b"x").ok();
+                // Success (the state's number) or not (0): the main loop goes on.
+                (&wake_tx).write_all(&[state as u8]).ok();
             });
         if let Err(e) = watcher {
             return Err(BringupError::Failed(format!(
@@ -518,12 +520,29 @@ impl Tailnet {
                 Woke::Handled => {}
             }
         }
-        let status = self
-            .api()
-            .status()
-            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's status: {e}")))?;
-        debug!("tailscaled state: {}", status.backend_state);
-        Ok(status)
+        let mut byte = [0u8];
+        (&wake_rx).read_exact(&mut byte).ok();
+        // ipn.State numbers (ipn/backend.go).
+        const STATES: [&str; 7] = [
+            "NoState",
+            "InUseOtherUser",
+            "NeedsLogin",
+            "NeedsMachineAuth",
+            "Stopped",
+            "Starting",
+            "Running",
+        ];
+        let state = match STATES.get(byte[0] as usize) {
+            Some(&name) if byte[0] != 0 => name.to_string(),
+            _ => {
+                let status = self.api().status().map_err(|e| {
+                    BringupError::Failed(format!("cannot read tailscale's status: {e}"))
+                })?;
+                status.backend_state
+            }
+        };
+        debug!("tailscaled state: {state}");
+        Ok(state)
     }
 
     /// Fails if a stop signal came, the workload ended, or tailscaled died.
