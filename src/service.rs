@@ -27,6 +27,17 @@ use crate::preflight;
 use crate::sys::Exit;
 use crate::tailscale::{self, AuthKey, Current, Desired, Plan};
 
+/// ipn.State names by number (ipn/backend.go).
+const STATES: [&str; 7] = [
+    "NoState",
+    "InUseOtherUser",
+    "NeedsLogin",
+    "NeedsMachineAuth",
+    "Stopped",
+    "Starting",
+    "Running",
+];
+
 /// How many of tailscaled's last log lines are kept to explain a failure.
 const TAIL_LINES: usize = 20;
 /// The longest wait between two restarts.
@@ -497,6 +508,16 @@ impl Tailnet {
                             state = s;
                             break;
                         }
+                        // tailscaled sends no event for NoState -> Starting, but its
+                        // status has it as soon as other events flow: look at each one.
+                        let status = LocalApi::new(&socket, Some(Duration::from_secs(2))).status();
+                        if let Ok(status) = status
+                            && let Some(i) = STATES.iter().position(|&s| s == status.backend_state)
+                            && i != 0
+                        {
+                            state = i as u64;
+                            break;
+                        }
                     }
                 }
                 // Success (the state's number) or not (0): the main loop goes on.
@@ -522,16 +543,6 @@ impl Tailnet {
         }
         let mut byte = [0u8];
         (&wake_rx).read_exact(&mut byte).ok();
-        // ipn.State numbers (ipn/backend.go).
-        const STATES: [&str; 7] = [
-            "NoState",
-            "InUseOtherUser",
-            "NeedsLogin",
-            "NeedsMachineAuth",
-            "Stopped",
-            "Starting",
-            "Running",
-        ];
         let state = match STATES.get(byte[0] as usize) {
             Some(&name) if byte[0] != 0 => name.to_string(),
             _ => {
