@@ -503,22 +503,7 @@ fn docker_stop_is_fast_with_tsinit_and_slow_with_a_signal_less_pid1() {
     // busybox sleep as PID 1 has no handler for SIGTERM, and the kernel does not deliver
     // default-action signals to a PID 1: docker waits out the timeout and SIGKILLs it.
     let bare = Container::new();
-    let out = run(
-        docker(&[
-            "run",
-            "--detach",
-            "--name",
-            &bare.name,
-            "--network",
-            "none",
-            "--entrypoint",
-            "/bin/sleep",
-            image(),
-            "1000",
-        ]),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(out.code, 0, "{out}");
+    start_sleeping_pid1(&bare);
     let started = Instant::now();
     docker_ok(&["stop", "-t", "3", &bare.name]);
     let without = started.elapsed();
@@ -594,22 +579,7 @@ fn control_without_a_reaping_pid1_the_orphans_stay_zombies() {
     // The same orphans under a PID 1 that never calls wait (busybox sleep), made by a
     // `docker exec`: they stay zombies. This is what the two tests around it rule out.
     let c = Container::new();
-    let out = run(
-        docker(&[
-            "run",
-            "--detach",
-            "--name",
-            &c.name,
-            "--network",
-            "none",
-            "--entrypoint",
-            "/bin/sleep",
-            image(),
-            "1000",
-        ]),
-        RUN_TIMEOUT,
-    );
-    assert_eq!(out.code, 0, "{out}");
+    start_sleeping_pid1(&c);
     let out = run(
         docker(&[
             "exec",
@@ -922,4 +892,24 @@ fn compose_default_service_runs_with_kernel_networking() {
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(all.contains("compose-workload-ran"), "{out}");
     assert!(all.contains(": tailscale0:"), "{out}");
+}
+
+/// Starts `c` with busybox `sleep` as its PID 1: no signal handling, no reaping.
+fn start_sleeping_pid1(c: &Container) {
+    let out = run(
+        docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &c.name,
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sleep",
+            image(),
+            "1000",
+        ]),
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, 0, "{out}");
 }
