@@ -679,6 +679,22 @@ pub struct Prefs {
     pub no_stateful_filtering: bool,
     #[serde(rename = "NoSNAT")]
     pub no_snat: bool,
+    /// The persisted login (keys redacted); null when the node never logged in.
+    pub config: Option<serde_json::Value>,
+}
+
+impl Prefs {
+    /// Whether these prefs hold a login that tailscaled will resume: not logged out,
+    /// meant to run, and a persisted node. (A restarted tailscaled has loaded them while
+    /// its state still reads NoState.)
+    pub fn saved_login(&self) -> bool {
+        let node = self
+            .config
+            .as_ref()
+            .and_then(|c| c.get("NodeID"))
+            .and_then(|n| n.as_str());
+        !self.logged_out && self.want_running && node.is_some_and(|n| !n.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -1082,5 +1098,24 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn saved_login_needs_a_persisted_node_that_should_run() {
+        let prefs = |logged_out: bool, want: bool, config: &str| -> Prefs {
+            serde_json::from_str(&format!(
+                "{{\"LoggedOut\":{logged_out},\"WantRunning\":{want},\"Config\":{config}}}"
+            ))
+            .unwrap()
+        };
+        let node = r#"{"PrivateNodeKey":"privkey:00","NodeID":"n1CNTRL","UserProfile":{"ID":1}}"#;
+        assert!(prefs(false, true, node).saved_login());
+        assert!(!prefs(false, true, "null").saved_login(), "never logged in");
+        assert!(!prefs(true, true, node).saved_login(), "logged out");
+        assert!(
+            !prefs(false, false, node).saved_login(),
+            "tailscale down: Stopped"
+        );
+        assert!(!prefs(false, true, r#"{"NodeID":""}"#).saved_login());
     }
 }

@@ -310,12 +310,38 @@ impl Tailnet {
             self.spawn(init)?;
         }
         let mut status = self.wait_ready(init, deadline)?;
+        let mut prefs = None;
         if status.backend_state == "NoState" {
-            // Answering already, but still loading its profile: a saved login would
-            // look like none. Wait for the real state.
-            status.backend_state = self.wait_past_nostate(init, deadline)?;
+            // Answering already, but not started: a saved login would look like none.
+            // Its prefs are loaded by now, though: with a saved login it is starting;
+            // otherwise wait for the real state.
+            let p = self.prefs()?;
+            status.backend_state = if p.saved_login() {
+                debug!("tailscaled has a saved login (state still NoState): Starting");
+                "Starting".to_string()
+            } else {
+                self.wait_for_state(init, deadline, |s| s != 0)?
+            };
+            prefs = Some(p);
         }
-        let result = self.converge(init, status);
+        let starting = status.backend_state == "Starting";
+        let mut result = self.converge(init, status, prefs);
+        if result.is_ok() && starting {
+            // A resumed login: the workload starts once the node is Running (or the
+            // reason it is not is known).
+            let until = Instant::now() + self.cfg.up_timeout;
+            result = match self.wait_for_state(init, until, |s| s != 0 && s != 5) {
+                Ok(state) if state == "Running" => Ok(()),
+                Ok(state) => Err(BringupError::Failed(format!(
+                    "tailscaled went from Starting to {state}: {}",
+                    self.api()
+                        .status()
+                        .map(|s| s.health.join("; "))
+                        .unwrap_or_default()
+                ))),
+                Err(e) => Err(e),
+            };
+        }
         // After converging, so the watcher's first sync does not compete with it.
         if let Some(h) = &self.hosts {
             h.connect();
@@ -484,13 +510,16 @@ impl Tailnet {
         }
     }
 
-    /// Waits until tailscaled's state is no longer NoState: a thread follows the IPN bus
-    /// and wakes the main loop through a socket pair, so signals and tailscaled's exit are
-    /// still handled meanwhile.
-    fn wait_past_nostate(
+    /// Waits until tailscaled's state satisfies `done` (by ipn.State number): a thread
+    /// follows the IPN bus, and on each event also reads the status (tailscaled sends no
+    /// event for some changes, e.g. NoState -> Starting), then wakes the main loop
+    /// through a socket pair, so signals and tailscaled's exit are handled meanwhile.
+    /// Returns the state's name.
+    fn wait_for_state(
         &mut self,
         init: &mut Init,
         deadline: Instant,
+        done: fn(usize) -> bool,
     ) -> Result<String, BringupError> {
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
@@ -498,30 +527,28 @@ impl Tailnet {
         let watcher = std::thread::Builder::new()
             .name("state".to_string())
             .spawn(move || {
-                let mut state = 0;
+                let mut state = usize::MAX;
                 if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1) {
                     for event in bus {
                         let Ok(event) = event else { break };
                         if let Some(s) = event.get("State").and_then(|s| s.as_u64())
-                            && s != 0
+                            && done(s as usize)
                         {
-                            state = s;
+                            state = s as usize;
                             break;
                         }
-                        // tailscaled sends no event for NoState -> Starting, but its
-                        // status has it as soon as other events flow: look at each one.
                         let status = LocalApi::new(&socket, Some(Duration::from_secs(2))).status();
                         if let Ok(status) = status
                             && let Some(i) = STATES.iter().position(|&s| s == status.backend_state)
-                            && i != 0
+                            && done(i)
                         {
-                            state = i as u64;
+                            state = i;
                             break;
                         }
                     }
                 }
-                // Success (the state's number) or not (0): the main loop goes on.
-                (&wake_tx).write_all(&[state as u8]).ok();
+                // Success (the state's number) or not (255): the main loop goes on.
+                (&wake_tx).write_all(&[state.min(255) as u8]).ok();
             });
         if let Err(e) = watcher {
             return Err(BringupError::Failed(format!(
@@ -533,19 +560,24 @@ impl Tailnet {
             match init.pump(Some(deadline), &[wake_rx.as_fd()]) {
                 Woke::Ready(_) => break,
                 Woke::Deadline => {
+                    let state = self
+                        .api()
+                        .status()
+                        .map(|s| s.backend_state)
+                        .unwrap_or_default();
                     return Err(BringupError::Failed(format!(
-                        "tailscaled stayed in state NoState for {} (tailscale.boot_timeout)",
-                        duration::format(self.cfg.boot_timeout)
+                        "tailscaled is still in state {state} after {}",
+                        duration::format(self.cfg.up_timeout)
                     )));
                 }
                 Woke::Handled => {}
             }
         }
-        let mut byte = [0u8];
+        let mut byte = [255u8];
         (&wake_rx).read_exact(&mut byte).ok();
         let state = match STATES.get(byte[0] as usize) {
-            Some(&name) if byte[0] != 0 => name.to_string(),
-            _ => {
+            Some(&name) => name.to_string(),
+            None => {
                 let status = self.api().status().map_err(|e| {
                     BringupError::Failed(format!("cannot read tailscale's status: {e}"))
                 })?;
@@ -581,12 +613,24 @@ impl Tailnet {
         LocalApi::new(&self.cfg.socket, Some(Duration::from_secs(10)))
     }
 
-    /// Brings tailscale's settings in step with the configuration (see `tailscale::plan`).
-    fn converge(&mut self, init: &mut Init, status: Status) -> Result<(), BringupError> {
-        let prefs = self
-            .api()
+    fn prefs(&self) -> Result<crate::localapi::Prefs, BringupError> {
+        self.api()
             .prefs()
-            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's prefs: {e}")))?;
+            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's prefs: {e}")))
+    }
+
+    /// Brings tailscale's settings in step with the configuration (see `tailscale::plan`);
+    /// `prefs` if they were read already.
+    fn converge(
+        &mut self,
+        init: &mut Init,
+        status: Status,
+        prefs: Option<crate::localapi::Prefs>,
+    ) -> Result<(), BringupError> {
+        let prefs = match prefs {
+            Some(p) => p,
+            None => self.prefs()?,
+        };
         let current = Current {
             backend_state: status.backend_state.clone(),
             auth_url: status.auth_url.clone(),
