@@ -234,8 +234,35 @@ pub fn apply(content: &[u8], block: &str) -> Vec<u8> {
 }
 
 /// The body lines of a rendered block (between its marker lines).
-fn body_of(block: &str) -> Vec<u8> {
-    split(block.as_bytes()).body.unwrap_or_default()
+fn body_of(block: &[u8]) -> Vec<u8> {
+    let body = split(block).body.unwrap_or_default();
+    body.split_inclusive(|&b| b == b'\n')
+        .filter(|line| !is_padding(line))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// A padding line: '#', spaces, newline (see [`HostsFile::write`]).
+fn is_padding(line: &[u8]) -> bool {
+    line.len() >= 2
+        && line[0] == b'#'
+        && line.ends_with(b"\n")
+        && line[1..line.len() - 1].iter().all(|&b| b == b' ')
+}
+
+/// `block` made at least `len` bytes long by a padding comment line before its END line.
+fn padded(block: &str, len: usize) -> Vec<u8> {
+    let Some(end) = block.rfind(END).filter(|_| block.len() < len) else {
+        return block.as_bytes().to_vec();
+    };
+    let pad = (len - block.len()).max(2);
+    let mut out = block.as_bytes()[..end].to_vec();
+    out.push(b'#');
+    out.extend(std::iter::repeat_n(b' ', pad - 2));
+    out.push(b'\n');
+    out.extend_from_slice(&block.as_bytes()[end..]);
+    out
 }
 
 /// What the block in a hosts file says, for `tsinit status`.
@@ -301,7 +328,10 @@ impl HostsFile {
         let current = std::fs::read(&self.path)?;
         let split = split(&current);
         let at_end = split.first_block == split.outside.len();
-        if split.blocks == 1 && at_end && split.body.as_deref() == Some(&body_of(block)[..]) {
+        if split.blocks == 1
+            && at_end
+            && body_of(&current[split.first_block..]) == body_of(block.as_bytes())
+        {
             return Ok(Written::Unchanged);
         }
         let mut desired = split.outside.clone();
@@ -320,15 +350,21 @@ impl HostsFile {
             }
         }
         let file = OpenOptions::new().write(true).open(&self.path)?;
-        // With every block at the end, only bytes from the first block on change.
-        let from = if at_end {
-            split.first_block
-        } else {
+        if !at_end {
             log::debug!("hosts: a block sits before other lines; rewriting the whole file");
-            0
-        };
-        file.write_all_at(&desired[from..], from as u64)?;
-        file.set_len(desired.len() as u64)?;
+            file.write_all_at(&desired, 0)?;
+            file.set_len(desired.len() as u64)?;
+            file.sync_all()?;
+            return Ok(Written::InPlace);
+        }
+        // Only the block's bytes change, and the block never shrinks in place: a shorter
+        // one is padded to the old length. A kill in the middle of the write then leaves
+        // new bytes followed by old ones, all after the (same) BEGIN marker, so still
+        // inside the block; a truncation would instead have left old lines after the new
+        // END, outside it.
+        let from = split.first_block;
+        let bytes = padded(block, current.len() - from);
+        file.write_all_at(&bytes, from as u64)?;
         file.sync_all()?;
         Ok(Written::InPlace)
     }
@@ -619,6 +655,36 @@ mod tests {
             assert_eq!(mode, 0o640, "permissions kept");
             std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         }
+    }
+
+    #[test]
+    fn in_place_a_shorter_block_is_padded_never_truncated() {
+        let path = temp("shrink", b"127.0.0.1 localhost\n");
+        let mut f = HostsFile::in_place(&path);
+        let big = BLOCK.replace(
+            "100.64.0.1 me.tail.example me\n",
+            "100.64.0.1 me.tail.example me\n100.64.0.2 a-long-peer-name.tail.example\n",
+        );
+        assert_eq!(f.write(&big).unwrap(), Written::InPlace);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(f.write(BLOCK).unwrap(), Written::InPlace);
+        let content = std::fs::read(&path).unwrap();
+        assert_eq!(content.len() as u64, len, "the block keeps its length");
+        let s = split(&content);
+        assert_eq!(
+            (s.blocks, &s.outside[..]),
+            (1, &b"127.0.0.1 localhost\n"[..])
+        );
+        assert_eq!(
+            body_of(&content[s.first_block..]),
+            body_of(BLOCK.as_bytes())
+        );
+        assert_eq!(
+            f.write(BLOCK).unwrap(),
+            Written::Unchanged,
+            "padding is not a change"
+        );
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
