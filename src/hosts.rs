@@ -290,20 +290,16 @@ pub enum Written {
 pub struct HostsFile {
     path: PathBuf,
     /// Whether the file is a mount point (a container runtime bind-mounts /etc/hosts):
-    /// then rename() over it fails and it must be written in place.
-    mount_point: bool,
+    /// then rename() over it fails and it must be written in place. Found out at the
+    /// first write, so start-up does not read /proc/self/mountinfo a second time.
+    mount_point: Option<bool>,
 }
 
 impl HostsFile {
     pub fn new(path: &Path) -> HostsFile {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let mount_point = crate::preflight::parse_mountinfo(&mountinfo)
-            .iter()
-            .any(|m| m.mount_point == real);
         HostsFile {
             path: path.to_path_buf(),
-            mount_point,
+            mount_point: None,
         }
     }
 
@@ -311,8 +307,19 @@ impl HostsFile {
     pub fn in_place(path: &Path) -> HostsFile {
         HostsFile {
             path: path.to_path_buf(),
-            mount_point: true,
+            mount_point: Some(true),
         }
+    }
+
+    fn is_mount_point(&mut self) -> bool {
+        let path = &self.path;
+        *self.mount_point.get_or_insert_with(|| {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            crate::preflight::parse_mountinfo(&mountinfo)
+                .iter()
+                .any(|m| m.mount_point == real)
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -336,7 +343,7 @@ impl HostsFile {
         }
         let mut desired = split.outside.clone();
         desired.extend_from_slice(block.as_bytes());
-        if !self.mount_point {
+        if !self.is_mount_point() {
             match self.replace(&desired) {
                 Ok(()) => return Ok(Written::Replaced),
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
@@ -344,7 +351,7 @@ impl HostsFile {
                         "hosts: {} is a mount point; writing in place",
                         self.path.display()
                     );
-                    self.mount_point = true;
+                    self.mount_point = Some(true);
                 }
                 Err(e) => return Err(e),
             }
