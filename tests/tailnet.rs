@@ -94,14 +94,21 @@ fn ran(calls: &[String], sub: &str) -> usize {
 #[test]
 fn logs_in_once_then_restarts_without_tailscale_up_and_applies_drift_with_set() {
     let net = Tailnet::new("lifecycle");
-    let workload = ["-v", "--", "sh", "-c", "\"$TSINIT\" status"];
+    // One boot in kernel mode with the key; `hostname` changes the configured name.
+    let boot = |hostname: Option<&str>| {
+        let mut cmd = net.tsinit(&["-v", "--", "sh", "-c", "\"$TSINIT\" status"]);
+        cmd.env("TS_AUTHKEY", KEY)
+            .env("TSINIT_NETWORKING", "kernel");
+        if let Some(name) = hostname {
+            cmd.env("TSINIT_TAILSCALE_HOSTNAME", name);
+        }
+        let mut r = Running::start(cmd);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        r
+    };
 
     // First boot: fresh state and a valid key: `up`, and the workload starts Running.
-    let mut cmd = net.tsinit(&workload);
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "kernel");
-    let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let r = boot(None);
     assert!(r.stdout().contains("state: Running"), "{}", r.stdout());
     assert!(
         r.stdout().contains("hostname: tsinit-test.tail.example"),
@@ -117,11 +124,7 @@ fn logs_in_once_then_restarts_without_tailscale_up_and_applies_drift_with_set() 
     let node = net.control.nodes()[0].clone();
 
     // Second boot, same state and configuration: no CLI call at all, no registration.
-    let mut cmd = net.tsinit(&workload);
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "kernel");
-    let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let r = boot(None);
     assert!(r.stdout().contains("state: Running"), "{}", r.stdout());
     assert!(r.stderr().contains("nothing to change"), "{}", r.stderr());
     assert_eq!(
@@ -135,12 +138,7 @@ fn logs_in_once_then_restarts_without_tailscale_up_and_applies_drift_with_set() 
     assert_eq!(nodes[0].node_key, node.node_key, "same node");
 
     // Third boot with a new hostname: `tailscale set` with just that; still one node.
-    let mut cmd = net.tsinit(&workload);
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "kernel")
-        .env("TSINIT_TAILSCALE_HOSTNAME", "renamed");
-    let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    boot(Some("renamed"));
     let calls = net.cli_calls();
     assert_eq!(ran(&calls, "up"), 0, "{calls:?}");
     assert_eq!(ran(&calls, "set"), 1, "{calls:?}");
