@@ -93,8 +93,8 @@ fn run(args: Vec<OsString>) -> i32 {
         }
     }
 
-    // 6. Start the workload, without the auth key and (unless configured) without
-    //    CAP_NET_ADMIN/CAP_NET_RAW.
+    // 6. Write the hosts block, then start the workload, without the auth key and
+    //    (unless configured) without CAP_NET_ADMIN/CAP_NET_RAW.
     let mut env: Vec<(String, Option<String>)> = tailscale::KEY_VARS
         .iter()
         .map(|v| (v.to_string(), None))
@@ -104,6 +104,9 @@ fn run(args: Vec<OsString>) -> i32 {
         env.extend(t.workload_env());
         drop_caps = !t.keep_caps();
     }
+    if let Some(t) = &tailnet {
+        t.sync_hosts();
+    }
     init.pump(Some(std::time::Instant::now()), &[]); // a stop signal may be pending
     if let Some(sig) = init.stop_requested() {
         tailnet.stop(&mut init);
@@ -112,6 +115,9 @@ fn run(args: Vec<OsString>) -> i32 {
     if let Err(e) = init.spawn_workload(&run_args.program, &env, drop_caps) {
         tailnet.stop(&mut init);
         return fail(e);
+    }
+    if let Some(t) = &tailnet {
+        t.connect_hosts(); // now, so its first sync does not delay the workload
     }
 
     // 7. Forward signals, reap, and keep tailscaled running until the workload exits.

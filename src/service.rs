@@ -320,7 +320,7 @@ impl Tailnet {
                 debug!("tailscaled has a saved login (state still NoState): Starting");
                 "Starting".to_string()
             } else {
-                self.wait_for_state(init, deadline, |s| s != 0)?
+                self.wait_for_state(init, deadline, true, |s| s != 0)?
             };
             prefs = Some(p);
         }
@@ -328,9 +328,10 @@ impl Tailnet {
         let mut result = self.converge(init, status, prefs);
         if result.is_ok() && starting {
             // A resumed login: the workload starts once the node is Running (or the
-            // reason it is not is known).
+            // reason it is not is known). Leaving Starting always comes with a State
+            // event, so no status reads between events.
             let until = Instant::now() + self.cfg.up_timeout;
-            result = match self.wait_for_state(init, until, |s| s != 0 && s != 5) {
+            result = match self.wait_for_state(init, until, false, |s| s != 0 && s != 5) {
                 Ok(state) if state == "Running" => Ok(()),
                 Ok(state) => Err(BringupError::Failed(format!(
                     "tailscaled went from Starting to {state}: {}",
@@ -342,11 +343,23 @@ impl Tailnet {
                 Err(e) => Err(e),
             };
         }
-        // After converging, so the watcher's first sync does not compete with it.
+        result
+    }
+
+    /// Writes the hosts block once, on this thread: the workload finds the tailnet's
+    /// names in place when it starts.
+    pub fn sync_hosts(&self) {
+        if let Some(h) = &self.hosts {
+            h.sync_now();
+        }
+    }
+
+    /// Lets the /etc/hosts watcher connect: called once the workload has started (or
+    /// failed to), so following the bus does not compete with the bring-up.
+    pub fn connect_hosts(&self) {
         if let Some(h) = &self.hosts {
             h.connect();
         }
-        result
     }
 
     fn spawn(&mut self, init: &mut Init) -> Result<(), BringupError> {
@@ -416,11 +429,29 @@ impl Tailnet {
     /// with inotify and the request is read when the socket is readable, so nothing
     /// polls; tailscaled's exit ends the wait at once.
     fn wait_ready(&mut self, init: &mut Init, deadline: Instant) -> Result<Status, BringupError> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| BringupError::Failed(format!("inotify: {e}")))?;
+        let result = self.wait_ready_with(init, deadline, &inotify);
+        // Closing an inotify instance waits for the kernel's fsnotify clean-up (~10 ms
+        // measured): a thread of its own does it, so the bring-up does not wait.
+        if let Err(e) = std::thread::Builder::new()
+            .name("close".to_string())
+            .spawn(move || drop(inotify))
+        {
+            debug!("cannot start a thread to close the inotify instance: {e}");
+        }
+        result
+    }
+
+    fn wait_ready_with(
+        &mut self,
+        init: &mut Init,
+        deadline: Instant,
+        inotify: &Inotify,
+    ) -> Result<Status, BringupError> {
         let started = Instant::now();
         let socket = self.cfg.socket.clone();
         let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(|e| BringupError::Failed(format!("inotify: {e}")))?;
         inotify
             .add_watch(&dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
             .map_err(|e| BringupError::Failed(format!("cannot watch {}: {e}", dir.display())))?;
@@ -511,14 +542,17 @@ impl Tailnet {
     }
 
     /// Waits until tailscaled's state satisfies `done` (by ipn.State number): a thread
-    /// follows the IPN bus, and on each event also reads the status (tailscaled sends no
-    /// event for some changes, e.g. NoState -> Starting), then wakes the main loop
+    /// follows the IPN bus, and with `probe_status` on each event also reads the status
+    /// (tailscaled sends no event for some changes, e.g. NoState -> Starting; the read
+    /// is slow while tailscaled is busy, so it is skipped where the event always comes),
+    /// then wakes the main loop
     /// through a socket pair, so signals and tailscaled's exit are handled meanwhile.
     /// Returns the state's name.
     fn wait_for_state(
         &mut self,
         init: &mut Init,
         deadline: Instant,
+        probe_status: bool,
         done: fn(usize) -> bool,
     ) -> Result<String, BringupError> {
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
@@ -536,6 +570,9 @@ impl Tailnet {
                         {
                             state = s as usize;
                             break;
+                        }
+                        if !probe_status {
+                            continue;
                         }
                         let status = LocalApi::new(&socket, Some(Duration::from_secs(2))).status();
                         if let Ok(status) = status
@@ -861,7 +898,9 @@ impl Service for Tailnet {
         }
         if self.retry_at.is_some_and(|at| at <= Instant::now()) {
             self.retry_at = None;
-            match self.start(init) {
+            let result = self.start(init);
+            self.connect_hosts();
+            match result {
                 Ok(()) => {
                     info!("tailscale is back");
                     self.failures = 0;
@@ -1024,6 +1063,13 @@ impl HostsSync {
                 warn!("cannot start the thread that keeps the hosts file: {e}");
                 None
             }
+        }
+    }
+
+    /// Brings the block in step now, on the calling thread.
+    pub fn sync_now(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.sync();
         }
     }
 
