@@ -159,6 +159,32 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
     if !status.auth_url.is_empty() {
         println!("login: {}", status.auth_url);
     }
+    if let Ok(prefs) = api.prefs() {
+        let ssh_cap = status
+            .self_
+            .as_ref()
+            .is_some_and(|s| s.cap_map.contains_key("https://tailscale.com/cap/ssh"));
+        println!(
+            "ssh: {}",
+            match (prefs.run_ssh, ssh_cap) {
+                (false, _) => "off",
+                (true, true) => "on (port 22)",
+                (true, false) => "on in the prefs, but not enabled by the tailnet",
+            }
+        );
+    }
+    match api.serve_config() {
+        Ok((serve, _)) => {
+            let lines = crate::serve::describe(&serve);
+            if lines.is_empty() {
+                println!("serve: -");
+            }
+            for line in lines {
+                println!("serve: {line}");
+            }
+        }
+        Err(e) => println!("serve: cannot read the serve config ({e})"),
+    }
     if config.hosts.enabled {
         let block = std::fs::read(&config.hosts.path)
             .ok()

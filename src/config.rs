@@ -18,12 +18,15 @@ pub const EMBEDDED: &str = include_str!("../rootfs/etc/tsinit/tsinit.toml");
 
 /// Every setting's key, in the order the reference lists them. Each can be overridden by
 /// the environment variable [`env_name`] gives.
-pub const KEYS: [&str; 32] = [
+pub const KEYS: [&str; 35] = [
     "signal_target",
     "grace_period",
     "escalate_after",
     "networking",
     "on_failure",
+    "ssh",
+    "serve_ports",
+    "serve_config",
     "tailscale.enabled",
     "tailscale.tailscaled",
     "tailscale.tailscale",
@@ -53,11 +56,14 @@ pub const KEYS: [&str; 32] = [
     "hosts.online_only",
 ];
 
-/// The official tailscale image's variables tsinit accepts, and the key each sets.
+/// The official tailscale image's variables tsinit accepts (and TS_SSH), and the key
+/// each sets.
 /// `TS_USERSPACE` maps true/false to networking "userspace"/"kernel". The auth key
 /// variables are not settings (see `tailscale::auth_key`); TS_AUTH_ONCE is accepted and
 /// ignored, since tsinit never re-registers a configured node anyway.
-pub const CONTAINERBOOT_ENV: [(&str, &str); 11] = [
+pub const CONTAINERBOOT_ENV: [(&str, &str); 13] = [
+    ("TS_SSH", "ssh"),
+    ("TS_SERVE_CONFIG", "serve_config"),
     ("TS_HOSTNAME", "tailscale.hostname"),
     ("TS_STATE_DIR", "tailscale.state_dir"),
     ("TS_SOCKET", "tailscale.socket"),
@@ -119,6 +125,14 @@ pub struct Config {
     pub escalate_after: Option<Duration>,
     pub networking: Networking,
     pub on_failure: OnFailure,
+    /// Bring the node up with Tailscale SSH.
+    pub ssh: bool,
+    /// The `[[serve]]` entries.
+    pub serve: Vec<crate::serve::Entry>,
+    /// Workload ports served as TCP on the same port (userspace networking only).
+    pub serve_ports: Vec<u16>,
+    /// A ServeConfig JSON file (containerboot's TS_SERVE_CONFIG).
+    pub serve_config: Option<PathBuf>,
     pub tailscale: Tailscale,
     pub hosts: Hosts,
     /// Where the file part came from, for the debug log.
@@ -172,6 +186,10 @@ impl Default for Config {
             escalate_after: None,
             networking: Networking::Auto,
             on_failure: OnFailure::Exit,
+            ssh: false,
+            serve: Vec::new(),
+            serve_ports: Vec::new(),
+            serve_config: None,
             tailscale: Tailscale {
                 enabled: Enabled::Auto,
                 tailscaled: None,
@@ -219,6 +237,12 @@ struct Layer {
     escalate_after: Option<Option<Duration>>,
     networking: Option<Networking>,
     on_failure: Option<OnFailure>,
+    #[serde(default, deserialize_with = "some_bool")]
+    ssh: Option<bool>,
+    #[serde(default, deserialize_with = "some_ports")]
+    serve_ports: Option<Vec<u16>>,
+    serve_config: Option<PathBuf>,
+    serve: Option<Vec<crate::serve::Entry>>,
     tailscale: Option<TailscaleLayer>,
     hosts: Option<HostsLayer>,
 }
@@ -292,8 +316,14 @@ impl Layer {
             grace_period,
             escalate_after,
             networking,
-            on_failure
+            on_failure,
+            ssh,
+            serve_ports,
+            serve
         );
+        if let Some(v) = self.serve_config {
+            config.serve_config = (!v.as_os_str().is_empty()).then_some(v);
+        }
         if let Some(h) = self.hosts {
             let c = &mut config.hosts;
             overlay!(h, c, enabled, path, ipv6, short_names, online_only);
@@ -359,6 +389,34 @@ fn some_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> 
             ))),
         },
     }
+}
+
+/// Port numbers: a TOML array of integers, or one string of numbers separated by commas
+/// or spaces.
+fn some_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum P {
+        L(Vec<i64>),
+        S(String),
+    }
+    let numbers: Vec<i64> = match P::deserialize(d)? {
+        P::L(v) => v,
+        P::S(s) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse().map_err(|_| {
+                    serde::de::Error::custom(format!("`{p}` is not a port number (1-65535)"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    numbers
+        .into_iter()
+        .map(|n| crate::serve::check_port(n).map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<u16>, _>>()
+        .map(Some)
 }
 
 /// `true`, `false` or "auto".
@@ -542,6 +600,10 @@ pub fn from_text(
         })?;
         layer.apply(&mut config);
     }
+    crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
+        origin: origin.to_string(),
+        message: format!("[[serve]]: {message}"),
+    })?;
     Ok(config)
 }
 
@@ -642,7 +704,10 @@ mod tests {
         let uncommented: String = EMBEDDED
             .lines()
             .filter_map(|l| match l.strip_prefix('#') {
-                Some(setting) if setting.contains(" = ") => Some(setting),
+                // `#key = value`; `#   key = value` is an example in the prose.
+                Some(setting) if setting.contains(" = ") && !setting.starts_with(' ') => {
+                    Some(setting)
+                }
                 Some(_) => None,
                 None => Some(l),
             })
@@ -702,8 +767,8 @@ mod tests {
                 "grace = \"5s\"\n",
                 &[],
                 "FILE:1:1: unknown field `grace`, expected one of `signal_target`, \
-                 `grace_period`, `escalate_after`, `networking`, `on_failure`, `tailscale`, \
-                 `hosts`",
+                 `grace_period`, `escalate_after`, `networking`, `on_failure`, `ssh`, \
+                 `serve_ports`, `serve_config`, `serve`, `tailscale`, `hosts`",
             ),
             (
                 "# comment\ngrace_period = 5\n",
@@ -802,6 +867,71 @@ mod tests {
                 .starts_with("FILE:2:1: unknown field `hostnme`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ssh_and_serve_settings() {
+        let file = "ssh = true\nserve_ports = [8080, 2222]\n[hosts]\nenabled = true\n\
+                    [[serve]]\nproto = \"tcp\"\nport = 9999\ntarget = \"9999\"\n\
+                    [[serve]]\nproto = \"https\"\nport = 443\ntarget = \"http://127.0.0.1:3000\"\n";
+        let c = load_text(file, &[]).unwrap();
+        assert!(c.ssh);
+        assert_eq!(c.serve_ports, [8080, 2222]);
+        assert_eq!(c.serve.len(), 2);
+        assert_eq!(c.serve[0].target, "127.0.0.1:9999");
+        assert_eq!(c.serve[1].path, "/");
+
+        let c = load_text(
+            "",
+            &[
+                ("TS_SSH", "true"),
+                ("TS_SERVE_CONFIG", "/etc/ts/serve.json"),
+                ("TSINIT_SERVE_PORTS", "8080, 2222"),
+            ],
+        )
+        .unwrap();
+        assert!(c.ssh);
+        assert_eq!(c.serve_config, Some(PathBuf::from("/etc/ts/serve.json")));
+        assert_eq!(c.serve_ports, [8080, 2222]);
+        let c = load_text("", &[("TS_SSH", "true"), ("TSINIT_SSH", "false")]).unwrap();
+        assert!(!c.ssh, "TSINIT_* wins");
+
+        for (text, env, want) in [
+            (
+                "[[serve]]\nproto = \"udp\"\nport = 1\ntarget = \"1\"\n",
+                &[][..],
+                "FILE:2:9: `proto`: unknown variant `udp`, expected one of `tcp`, \
+                 `tls-terminated-tcp`, `http`, `https`",
+            ),
+            (
+                "[[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"x\"\n",
+                &[][..],
+                "FILE:1:1: target `x` is not a port or host:port (e.g. \"127.0.0.1:9999\")",
+            ),
+            (
+                "[[serve]]\nproto = \"tcp\"\nport = 1\n",
+                &[][..],
+                "FILE:1:1: missing field `target`",
+            ),
+            (
+                "serve_ports = [80]\n[[serve]]\nproto = \"tcp\"\nport = 80\ntarget = \"1\"\n",
+                &[][..],
+                "FILE: [[serve]]: port 80 is in serve_ports and in a [[serve]] entry: keep one",
+            ),
+            (
+                "",
+                &[("TSINIT_SERVE_PORTS", "80,http")][..],
+                "TSINIT_SERVE_PORTS=\"80,http\": `http` is not a port number (1-65535)",
+            ),
+            (
+                "serve_ports = [0]\n",
+                &[][..],
+                "FILE:1:15: `serve_ports`: port 0 is not a port number (1-65535)",
+            ),
+        ] {
+            let err = load_text(text, env).unwrap_err();
+            assert_eq!(err.to_string(), want, "for {text:?} {env:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod localapi;
 pub mod logging;
 pub mod preflight;
 pub mod procs;
+pub mod serve;
 pub mod service;
 pub mod signals;
 pub mod sys;

@@ -17,6 +17,7 @@ pub const HOST: &str = "local-tailscaled.sock";
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 const READ_SIZE: usize = 64 * 1024;
+const SERVE_CONFIG: &str = "/localapi/v0/serve-config";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -96,7 +97,20 @@ fn io_err(context: String) -> impl FnOnce(io::Error) -> ApiError {
 
 /// The bytes of a request. A `Content-Length` is sent only with a body.
 pub fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    request_bytes_with(method, path, &[], body)
+}
+
+/// [`request_bytes`] with extra header lines.
+fn request_bytes_with(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -317,11 +331,15 @@ fn send(
     socket: &Path,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
     body: Option<&[u8]>,
     timeout: Option<Duration>,
     nonblocking: bool,
 ) -> Result<UnixStream, ApiError> {
     check_request_line(method, path)?;
+    for (name, value) in headers {
+        check_request_line(name, value)?;
+    }
     let mut stream = UnixStream::connect(socket)
         .map_err(io_err(format!("connecting to {}", socket.display())))?;
     let context = format!("sending {method} {path} to {}", socket.display());
@@ -332,7 +350,7 @@ fn send(
     };
     setup.map_err(io_err(context.clone()))?;
     stream
-        .write_all(&request_bytes(method, path, body))
+        .write_all(&request_bytes_with(method, path, headers, body))
         .map_err(io_err(context))?;
     Ok(stream)
 }
@@ -388,7 +406,7 @@ impl PendingRequest {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<PendingRequest, ApiError> {
-        let stream = send(socket, method, path, body, None, true)?;
+        let stream = send(socket, method, path, &[], body, None, true)?;
         Ok(PendingRequest {
             stream,
             decoder: Decoder::default(),
@@ -446,12 +464,21 @@ impl LocalApi {
         &self,
         method: &str,
         path: &str,
+        headers: &[(&str, &str)],
         body: Option<&[u8]>,
         until: fn(&Decoder) -> bool,
     ) -> Result<(UnixStream, Decoder), ApiError> {
         let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
         let what = format!("{method} {path}");
-        let mut stream = send(&self.socket, method, path, body, self.timeout, false)?;
+        let mut stream = send(
+            &self.socket,
+            method,
+            path,
+            headers,
+            body,
+            self.timeout,
+            false,
+        )?;
         let mut decoder = Decoder::default();
         let mut buf = vec![0u8; READ_SIZE];
         while !until(&decoder) {
@@ -468,7 +495,18 @@ impl LocalApi {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Response, ApiError> {
-        let (_, mut decoder) = self.exchange(method, path, body, |d| d.complete)?;
+        self.request_with(method, path, &[], body)
+    }
+
+    /// [`LocalApi::request`] with extra request headers.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Response, ApiError> {
+        let (_, mut decoder) = self.exchange(method, path, headers, body, |d| d.complete)?;
         decoder
             .take_response()
             .ok_or_else(|| proto(format!("LocalAPI {method} {path}: no response")))
@@ -491,12 +529,34 @@ impl LocalApi {
         self.get_json("/localapi/v0/prefs")
     }
 
+    /// The serve config (null when nothing is served) and its ETag.
+    pub fn serve_config(&self) -> Result<(serde_json::Value, String), ApiError> {
+        let resp = require_2xx(self.request("GET", SERVE_CONFIG, None)?)?;
+        let etag = resp.header("Etag").unwrap_or_default().to_string();
+        let config = serde_json::from_slice(&resp.body).map_err(|source| ApiError::Json {
+            context: format!("decoding the response to GET {SERVE_CONFIG}"),
+            source,
+        })?;
+        Ok((config, etag))
+    }
+
+    /// Replaces the serve config if it still has `etag` (else answered 412).
+    pub fn set_serve_config(&self, config: &serde_json::Value, etag: &str) -> Result<(), ApiError> {
+        let body = config.to_string();
+        let headers: &[(&str, &str)] = match etag.is_empty() {
+            true => &[],
+            false => &[("If-Match", etag)],
+        };
+        let resp = self.request_with("POST", SERVE_CONFIG, headers, Some(body.as_bytes()))?;
+        require_2xx(resp).map(|_| ())
+    }
+
     /// Watches the IPN bus. The timeout applies until the response headers; the stream of
     /// notifications itself has none.
     pub fn watch_ipn_bus(&self, mask: u32) -> Result<IpnBus, ApiError> {
         let path = format!("/localapi/v0/watch-ipn-bus?mask={mask}");
         let until = |d: &Decoder| answered_2xx(d) || d.complete;
-        let (stream, mut decoder) = self.exchange("GET", &path, None, until)?;
+        let (stream, mut decoder) = self.exchange("GET", &path, &[], None, until)?;
         if !answered_2xx(&decoder) {
             let resp = decoder.take_response();
             return Err(resp.map_or_else(|| proto("no response"), |r| status_error(&r)));
@@ -628,6 +688,9 @@ pub struct Status {
     pub peer: BTreeMap<String, PeerStatus>,
     #[serde(rename = "TUN")]
     pub tun: bool,
+    /// DNS names control can get TLS certificates for (empty: HTTPS is off).
+    #[serde(deserialize_with = "null_default")]
+    pub cert_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -645,6 +708,9 @@ pub struct PeerStatus {
     pub os: String,
     #[serde(deserialize_with = "null_default")]
     pub tags: Vec<String>,
+    /// The node's capabilities (keys only).
+    #[serde(deserialize_with = "null_default")]
+    pub cap_map: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

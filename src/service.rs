@@ -38,6 +38,9 @@ const STATES: [&str; 7] = [
     "Running",
 ];
 
+/// The node capability control grants where Tailscale SSH is enabled.
+const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
+
 /// How many of tailscaled's last log lines are kept to explain a failure.
 const TAIL_LINES: usize = 20;
 /// The longest wait between two restarts.
@@ -89,6 +92,87 @@ pub struct Tailnet {
     /// Set while stopping: CLI calls then run to the end whatever else happens.
     stopping: bool,
     hosts: Option<HostsSync>,
+    serve: ServeSetup,
+}
+
+/// What tsinit serves on the node's tailnet addresses (see `serve`).
+struct ServeSetup {
+    entries: Vec<crate::serve::Entry>,
+    ports: Vec<u16>,
+    /// The ServeConfig file (TS_SERVE_CONFIG) and its text, read at start-up.
+    file: Option<(PathBuf, String)>,
+    /// Where tsinit remembers what it set, beside tailscaled's state.
+    record: PathBuf,
+}
+
+impl ServeSetup {
+    fn from_config(config: &Config) -> Result<ServeSetup, Error> {
+        let file = match &config.serve_config {
+            None => None,
+            Some(path) => {
+                let bad = |why: String| {
+                    Error::Config(config::ConfigError {
+                        origin: path.display().to_string(),
+                        message: format!(
+                            "serve_config (TS_SERVE_CONFIG): {why}; fix the file or unset \
+                             the setting"
+                        ),
+                    })
+                };
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| bad(crate::error::os_message(&e)))?;
+                // Checked now with a stand-in name, so a bad file stops tsinit before
+                // anything starts.
+                let expanded = crate::serve::expand_cert_domain(&text, "node.example");
+                let value: serde_json::Value =
+                    serde_json::from_str(&expanded).map_err(|e| bad(format!("not JSON: {e}")))?;
+                crate::serve::Fragment::from_json(&value).map_err(bad)?;
+                Some((path.clone(), text))
+            }
+        };
+        Ok(ServeSetup {
+            entries: config.serve.clone(),
+            ports: config.serve_ports.clone(),
+            file,
+            record: config.tailscale.state_dir.join("tsinit-serve.json"),
+        })
+    }
+
+    fn configured(&self) -> bool {
+        !self.entries.is_empty() || !self.ports.is_empty() || self.file.is_some()
+    }
+
+    /// What tsinit set last time ({} when nothing or unreadable).
+    fn previous(&self) -> crate::serve::Fragment {
+        let Ok(text) = std::fs::read_to_string(&self.record) else {
+            return crate::serve::Fragment::default();
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| crate::serve::Fragment::from_json(&v))
+            .unwrap_or_else(|e| {
+                warn!(
+                    "ignoring {} ({e}): entries tsinit served before and no longer \
+                     configured stay served",
+                    self.record.display()
+                );
+                crate::serve::Fragment::default()
+            })
+    }
+
+    fn remember(&self, applied: &crate::serve::Fragment) -> std::io::Result<()> {
+        if applied.is_empty() {
+            return match std::fs::remove_file(&self.record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let tmp = self.record.with_extension("json.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(applied.to_json().to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.record)
+    }
 }
 
 /// Decides whether and how tailscaled runs: finds the binaries, runs the preflight checks,
@@ -169,6 +253,22 @@ pub fn prepare(
         }
     };
     let desired = Desired::from_config(config, &tailscale::default_hostname(&hostname, env));
+    let serve = ServeSetup::from_config(config)?;
+    if !serve.ports.is_empty() && !userspace {
+        info!(
+            "serve_ports {:?}: kernel networking, so peers reach these ports directly; \
+             nothing to serve",
+            serve.ports
+        );
+    }
+    if desired.ssh && userspace {
+        info!(
+            "Tailscale SSH with userspace networking: tailscaled answers port 22 of the \
+             node's tailnet addresses itself, so peers reach it as in kernel mode; programs \
+             run in an SSH session reach other tailnet nodes only through the proxy \
+             (ALL_PROXY), not directly"
+        );
+    }
     let key = tailscale::auth_key(
         t.auth_key_file.as_deref(),
         env,
@@ -196,6 +296,7 @@ pub fn prepare(
             true => HostsSync::start(&config.hosts, &t.socket),
             false => None,
         },
+        serve,
     }))
 }
 
@@ -343,7 +444,132 @@ impl Tailnet {
                 Err(e) => Err(e),
             };
         }
-        result
+        result?;
+        self.check_ssh()?;
+        self.apply_serve()
+    }
+
+    /// With ssh = true: fails if control did not enable Tailscale SSH for this node (the
+    /// prefs say RunSSH, but tailscaled serves no SSH without the capability).
+    fn check_ssh(&self) -> Result<(), BringupError> {
+        if !self.desired.ssh {
+            return Ok(());
+        }
+        let status = self
+            .api()
+            .status()
+            .map_err(|e| BringupError::Failed(format!("cannot read tailscale's status: {e}")))?;
+        let has_cap = status
+            .self_
+            .as_ref()
+            .is_some_and(|s| s.cap_map.contains_key(SSH_CAPABILITY));
+        if !has_cap {
+            return Err(BringupError::Failed(
+                "ssh = true, but this tailnet has not enabled Tailscale SSH for this node \
+                 (control sent no ssh capability): add an \"ssh\" rule for it to the \
+                 tailnet policy, or set ssh = false"
+                    .to_string(),
+            ));
+        }
+        info!("Tailscale SSH is on: peers reach port 22 as the tailnet's ssh rules allow");
+        Ok(())
+    }
+
+    /// Brings tailscaled's serve config in step with the configuration: reads it, changes
+    /// only what differs (see `serve::merge`), and remembers what tsinit manages. Makes
+    /// no request at all when nothing is or was served by tsinit.
+    fn apply_serve(&self) -> Result<(), BringupError> {
+        let previous = self.serve.previous();
+        if !self.serve.configured() && previous.is_empty() {
+            return Ok(());
+        }
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            BringupError::Failed(format!("serve: cannot {what}: {e}"))
+        };
+        let api = self.api();
+        let status = api
+            .status()
+            .map_err(|e| failed("read tailscale's status", &e))?;
+        let dns_name = status
+            .self_
+            .as_ref()
+            .map(|s| s.dns_name.trim_end_matches('.').to_string())
+            .unwrap_or_default();
+        if dns_name.is_empty() && self.serve.configured() {
+            return Err(BringupError::Failed(
+                "serve: the node has no DNS name from control yet, so its web servers \
+                 cannot be named"
+                    .to_string(),
+            ));
+        }
+        let file = match &self.serve.file {
+            None => None,
+            Some((path, text)) => {
+                let domain = status.cert_domains.first().unwrap_or(&dns_name);
+                let expanded = crate::serve::expand_cert_domain(text, domain);
+                let value: serde_json::Value = serde_json::from_str(&expanded)
+                    .map_err(|e| failed(&format!("read {}", path.display()), &e))?;
+                let fragment = crate::serve::Fragment::from_json(&value)
+                    .map_err(|e| failed(&format!("read {}", path.display()), &e))?;
+                Some(fragment)
+            }
+        };
+        let desired = crate::serve::desired(
+            &self.serve.entries,
+            &self.serve.ports,
+            self.userspace,
+            file.as_ref(),
+            &dns_name,
+        );
+        if status.cert_domains.is_empty() {
+            for e in &self.serve.entries {
+                if matches!(
+                    e.proto,
+                    crate::serve::Proto::Https | crate::serve::Proto::TlsTerminatedTcp
+                ) {
+                    warn!(
+                        "serve: {} on port {} needs a TLS certificate, but HTTPS is not \
+                         enabled on this tailnet (no certificate domains): connections \
+                         will fail until it is (admin console, DNS, HTTPS Certificates)",
+                        e.proto, e.port
+                    );
+                }
+            }
+        }
+        // Twice at most: a change by someone else between our read and write is seen
+        // as an ETag mismatch, and the merge is redone on the new config.
+        for attempt in 0..2 {
+            let (current, etag) = api
+                .serve_config()
+                .map_err(|e| failed("read the serve config", &e))?;
+            let Some(next) = crate::serve::merge(&current, &previous, &desired) else {
+                debug!("serve: nothing to change");
+                break;
+            };
+            match api.set_serve_config(&next, &etag) {
+                Ok(()) => {
+                    for line in crate::serve::changes(&current, &next) {
+                        info!("serve: {line}");
+                    }
+                    break;
+                }
+                Err(crate::localapi::ApiError::Status { status: 412, .. }) if attempt == 0 => {
+                    debug!("serve: the config changed meanwhile; merging again");
+                }
+                Err(e) => return Err(failed("set the serve config", &e)),
+            }
+        }
+        if desired != previous
+            && let Err(e) = self.serve.remember(&desired)
+        {
+            warn!(
+                "serve: cannot write {}: {}; entries removed from the configuration \
+                 later may stay served",
+                self.serve.record.display(),
+                crate::error::os_message(&e)
+            );
+        }
+        Ok(())
     }
 
     /// Writes the hosts block once, on this thread: the workload finds the tailnet's
@@ -677,6 +903,7 @@ impl Tailnet {
             advertise_tags: prefs.advertise_tags,
             advertise_routes: prefs.advertise_routes,
             control_url: prefs.control_url,
+            run_ssh: prefs.run_ssh,
         };
         match tailscale::plan(&current, &self.desired) {
             Plan::Nothing => {

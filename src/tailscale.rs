@@ -18,12 +18,21 @@ pub struct Desired {
     pub login_server: Option<String>,
     pub up_timeout: String,
     pub extra_up_args: Vec<String>,
+    /// Tailscale SSH (`--ssh`).
+    pub ssh: bool,
 }
 
 impl Desired {
     /// `default_hostname` is used when the configuration names none.
     pub fn from_config(config: &Config, default_hostname: &str) -> Desired {
         let t = &config.tailscale;
+        // `--ssh` in the extra `up` arguments (as TS_EXTRA_ARGS often has it) counts as
+        // ssh = true, so a restart does not take SSH away with `set --ssh=false`.
+        let is_ssh = |a: &String| matches!(a.as_str(), "--ssh" | "--ssh=true" | "--ssh=false");
+        let ssh_in_extra = t
+            .extra_up_args
+            .iter()
+            .any(|a| is_ssh(a) && a != "--ssh=false");
         Desired {
             hostname: t
                 .hostname
@@ -34,7 +43,13 @@ impl Desired {
             advertise_routes: t.advertise_routes.clone(),
             login_server: t.login_server.clone(),
             up_timeout: duration::format(t.up_timeout),
-            extra_up_args: t.extra_up_args.clone(),
+            extra_up_args: t
+                .extra_up_args
+                .iter()
+                .filter(|a| !is_ssh(a))
+                .cloned()
+                .collect(),
+            ssh: config.ssh || ssh_in_extra,
         }
     }
 }
@@ -50,6 +65,7 @@ pub struct Current {
     pub advertise_tags: Vec<String>,
     pub advertise_routes: Vec<String>,
     pub control_url: String,
+    pub run_ssh: bool,
 }
 
 /// What to do to reach the desired state.
@@ -136,6 +152,9 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
             desired.advertise_routes.join(",")
         ));
     }
+    if current.run_ssh != desired.ssh {
+        set.push(format!("--ssh={}", desired.ssh));
+    }
     if set.is_empty() {
         Plan::Nothing
     } else {
@@ -166,6 +185,9 @@ pub fn up_args(desired: &Desired) -> Vec<String> {
     }
     if let Some(server) = &desired.login_server {
         args.push(format!("--login-server={server}"));
+    }
+    if desired.ssh {
+        args.push("--ssh".to_string());
     }
     args.extend(desired.extra_up_args.iter().cloned());
     args
@@ -286,7 +308,8 @@ mod tests {
             advertise_routes: vec!["10.0.0.0/8".into()],
             login_server: None,
             up_timeout: "60s".into(),
-            extra_up_args: vec!["--ssh".into()],
+            extra_up_args: vec!["--shields-up".into()],
+            ssh: false,
         }
     }
 
@@ -331,6 +354,14 @@ mod tests {
                     ..running()
                 },
                 Plan::Set(vec!["--stateful-filtering=false".into()]),
+            ),
+            (
+                "ssh on, not wanted",
+                Current {
+                    run_ssh: true,
+                    ..running()
+                },
+                Plan::Set(vec!["--ssh=false".into()]),
             ),
             (
                 "routes differ",
@@ -385,6 +416,31 @@ mod tests {
         for (what, current, want) in cases {
             assert_eq!(plan(&current, &desired()), want, "{what}");
         }
+        let ssh = Desired {
+            ssh: true,
+            ..desired()
+        };
+        assert_eq!(plan(&running(), &ssh), Plan::Set(vec!["--ssh=true".into()]));
+        let with_ssh = Current {
+            run_ssh: true,
+            ..running()
+        };
+        assert_eq!(plan(&with_ssh, &ssh), Plan::Nothing);
+        assert!(up_args(&ssh).contains(&"--ssh".to_string()));
+        assert!(!up_args(&desired()).iter().any(|a| a.starts_with("--ssh")));
+    }
+
+    #[test]
+    fn ssh_in_extra_up_args_counts_as_ssh_on() {
+        let mut config = Config::default();
+        config.tailscale.extra_up_args = vec!["--ssh".into(), "--shields-up".into()];
+        let d = Desired::from_config(&config, "h");
+        assert!(d.ssh);
+        assert_eq!(d.extra_up_args, ["--shields-up"]);
+        config.tailscale.extra_up_args = vec!["--ssh=false".into()];
+        assert!(!Desired::from_config(&config, "h").ssh);
+        config.ssh = true;
+        assert!(Desired::from_config(&config, "h").ssh);
     }
 
     #[test]
@@ -417,7 +473,7 @@ mod tests {
                 "--advertise-tags=tag:a,tag:b",
                 "--advertise-routes=10.0.0.0/8",
                 "--login-server=http://127.0.0.1:9",
-                "--ssh",
+                "--shields-up",
             ]
         );
     }

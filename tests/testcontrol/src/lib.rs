@@ -195,6 +195,13 @@ impl TestControl {
         self.shared.lock().valid_keys = keys.iter().map(|k| k.to_string()).collect();
     }
 
+    /// Whether nodes get the Tailscale SSH capability (as a tailnet with ssh rules
+    /// grants it); on by default. Pushed to open map streams.
+    pub fn set_ssh_enabled(&self, enabled: bool) {
+        self.shared.lock().ssh_enabled = enabled;
+        self.shared.bump();
+    }
+
     /// Register requests that carried an auth key which was accepted.
     pub fn register_count(&self) -> usize {
         self.shared.lock().register_count

@@ -97,6 +97,8 @@ pub struct State {
     derp_port: u16,
     /// -1 when no UDP socket could be bound (STUN disabled).
     pub stun_port: i32,
+    /// Whether nodes get the Tailscale SSH capability (default true).
+    pub ssh_enabled: bool,
 }
 
 /// `prefix:<64 hex>` and not all zeros (Go sends zero keys as all-zero hex).
@@ -139,6 +141,9 @@ fn parse_time(s: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
+/// The node capability for Tailscale SSH (tailcfg.CapabilitySSH).
+pub const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
+
 fn user_login() -> (Value, Value) {
     (
         json!({"ID": USER_ID, "DisplayName": "Test User"}),
@@ -159,6 +164,7 @@ impl State {
             derp_host,
             derp_port,
             stun_port: -1,
+            ssh_enabled: true,
         }
     }
 
@@ -349,7 +355,20 @@ impl State {
         if n.cap > 0 {
             v["Cap"] = n.cap.into();
         }
+        if self.ssh_enabled {
+            // What control grants where the tailnet policy has ssh rules.
+            v["CapMap"] = json!({SSH_CAPABILITY: null});
+        }
         v
+    }
+
+    /// With SSH enabled: anyone on the tailnet may log in as any local user.
+    fn ssh_policy(&self) -> Value {
+        match self.ssh_enabled {
+            true => json!({"rules": [{"principals": [{"any": true}],
+                                      "sshUsers": {"*": "="}, "action": {"accept": true}}]}),
+            false => Value::Null,
+        }
     }
 
     fn derp_map(&self) -> Value {
@@ -413,6 +432,7 @@ impl MapSession {
             "Node": self_json, "DERPMap": st.derp_map(), "Peers": list, "Domain": DOMAIN,
             "UserProfiles": [{"ID": USER_ID, "LoginName": "test@tail.example", "DisplayName": "Test User"}],
             "PacketFilter": [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}],
+            "SSHPolicy": st.ssh_policy(),
         }))
     }
 

@@ -1,0 +1,659 @@
+//! Declarative `tailscale serve`: the `[[serve]]` entries, `serve_ports` and a
+//! ServeConfig file (TS_SERVE_CONFIG) turned into the part of tailscaled's ServeConfig
+//! tsinit manages, and merged into what tailscaled has so that only what differs changes.
+//! Pure logic; reading and writing the config over the LocalAPI is in `service`.
+//!
+//! tsinit manages ports (TCP), web host:ports (Web) and funnel switches (AllowFunnel) it
+//! set itself; it remembers which in a small file beside tailscaled's state, so an entry
+//! removed from the configuration is removed from tailscaled, and whatever was served by
+//! hand (`tailscale serve ...`) on other ports is left alone.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// How a served port is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proto {
+    /// Raw TCP forwarded to the target.
+    Tcp,
+    /// TLS terminated by tailscaled (with the node's certificate), then TCP.
+    TlsTerminatedTcp,
+    /// Plain HTTP, proxied to the target URL.
+    Http,
+    /// HTTPS with the node's certificate, proxied to the target URL.
+    Https,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::TlsTerminatedTcp => "tls-terminated-tcp",
+            Proto::Http => "http",
+            Proto::Https => "https",
+        })
+    }
+}
+
+/// One `[[serve]]` entry, checked and with its target in canonical form.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawEntry")]
+pub struct Entry {
+    pub proto: Proto,
+    pub port: u16,
+    /// `host:port` for tcp and tls-terminated-tcp; a URL for http and https.
+    pub target: String,
+    /// The mount point for http and https ("/" unless given).
+    pub path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    proto: Proto,
+    port: i64,
+    target: String,
+    path: Option<String>,
+}
+
+impl TryFrom<RawEntry> for Entry {
+    type Error = String;
+
+    fn try_from(raw: RawEntry) -> Result<Entry, String> {
+        let port = check_port(raw.port)?;
+        let target = raw.target.trim();
+        let target = match raw.proto {
+            Proto::Tcp | Proto::TlsTerminatedTcp => tcp_target(target)?,
+            Proto::Http | Proto::Https => web_target(target)?,
+        };
+        let path = match (raw.proto, raw.path) {
+            (Proto::Tcp | Proto::TlsTerminatedTcp, Some(_)) => {
+                return Err(format!(
+                    "`path` is only for http and https entries (port {port})"
+                ));
+            }
+            (_, None) => "/".to_string(),
+            (_, Some(p)) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,
+            (_, Some(p)) => {
+                return Err(format!(
+                    "path `{p}` must start with / and hold no spaces (port {port})"
+                ));
+            }
+        };
+        Ok(Entry {
+            proto: raw.proto,
+            port,
+            target,
+            path,
+        })
+    }
+}
+
+/// A port number 1..=65535.
+pub fn check_port(port: i64) -> Result<u16, String> {
+    u16::try_from(port)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("port {port} is not a port number (1-65535)"))
+}
+
+fn valid_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.contains(char::is_whitespace)
+        && !host.contains('/')
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// `9999` -> `127.0.0.1:9999`; `host:port` as is (also `tcp://host:port`).
+fn tcp_target(target: &str) -> Result<String, String> {
+    let t = target.strip_prefix("tcp://").unwrap_or(target);
+    if let Ok(port) = t.parse::<i64>() {
+        return Ok(format!("127.0.0.1:{}", check_port(port)?));
+    }
+    match valid_host_port(t) {
+        true => Ok(t.to_string()),
+        false => Err(format!(
+            "target `{target}` is not a port or host:port (e.g. \"127.0.0.1:9999\")"
+        )),
+    }
+}
+
+/// `3000` -> `http://127.0.0.1:3000`; `host:port` -> `http://host:port`; URLs with
+/// http, https or https+insecure as is.
+fn web_target(target: &str) -> Result<String, String> {
+    if let Ok(port) = target.parse::<i64>() {
+        return Ok(format!("http://127.0.0.1:{}", check_port(port)?));
+    }
+    for scheme in ["http://", "https://", "https+insecure://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let ok = valid_host_port(authority)
+                || (!authority.is_empty()
+                    && !authority.contains(':')
+                    && !authority.contains(char::is_whitespace));
+            return match ok && !rest.contains(char::is_whitespace) {
+                true => Ok(target.to_string()),
+                false => Err(format!("target `{target}` is not a usable URL")),
+            };
+        }
+    }
+    if valid_host_port(target) {
+        return Ok(format!("http://{target}"));
+    }
+    Err(format!(
+        "target `{target}` is not a URL (http://, https://, https+insecure://), \
+         host:port or port"
+    ))
+}
+
+/// Checks the entries and ports together: one protocol per port, one target per path.
+/// `ports` (from `serve_ports`) are served as TCP on the same port.
+pub fn check(entries: &[Entry], ports: &[u16]) -> Result<(), String> {
+    let mut seen: BTreeMap<u16, (Proto, Vec<&str>)> = BTreeMap::new();
+    for e in entries {
+        match seen.get_mut(&e.port) {
+            None => {
+                seen.insert(e.port, (e.proto, vec![e.path.as_str()]));
+            }
+            Some((proto, _)) if *proto != e.proto => {
+                return Err(format!(
+                    "port {} is served twice, as {proto} and as {}: one protocol per port",
+                    e.port, e.proto
+                ));
+            }
+            Some((proto, paths)) => {
+                if matches!(proto, Proto::Tcp | Proto::TlsTerminatedTcp)
+                    || paths.contains(&e.path.as_str())
+                {
+                    return Err(format!(
+                        "port {} path {} is served twice: one target each",
+                        e.port, e.path
+                    ));
+                }
+                paths.push(&e.path);
+            }
+        }
+    }
+    for p in ports {
+        if seen.contains_key(p) {
+            return Err(format!(
+                "port {p} is in serve_ports and in a [[serve]] entry: keep one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The part of a ServeConfig tsinit manages: by key of its `TCP`, `Web` and
+/// `AllowFunnel` maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fragment {
+    pub tcp: BTreeMap<String, Value>,
+    pub web: BTreeMap<String, Value>,
+    pub funnel: BTreeMap<String, Value>,
+}
+
+const SECTIONS: [&str; 3] = ["TCP", "Web", "AllowFunnel"];
+
+impl Fragment {
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.web.is_empty() && self.funnel.is_empty()
+    }
+
+    fn sections(&self) -> [(&'static str, &BTreeMap<String, Value>); 3] {
+        [
+            (SECTIONS[0], &self.tcp),
+            (SECTIONS[1], &self.web),
+            (SECTIONS[2], &self.funnel),
+        ]
+    }
+
+    fn section_mut(&mut self, name: &str) -> Option<&mut BTreeMap<String, Value>> {
+        match name {
+            "TCP" => Some(&mut self.tcp),
+            "Web" => Some(&mut self.web),
+            "AllowFunnel" => Some(&mut self.funnel),
+            _ => None,
+        }
+    }
+
+    /// As a ServeConfig-shaped JSON object (also the record file's format).
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        for (name, map) in self.sections() {
+            if !map.is_empty() {
+                out.insert(
+                    name.to_string(),
+                    Value::Object(map.clone().into_iter().collect()),
+                );
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// Reads the managed sections of a ServeConfig-shaped object; other fields are
+    /// named in the error (tsinit does not manage them).
+    pub fn from_json(v: &Value) -> Result<Fragment, String> {
+        let mut f = Fragment::default();
+        let Some(obj) = v.as_object() else {
+            return match v.is_null() {
+                true => Ok(f),
+                false => Err("a serve config must be a JSON object".to_string()),
+            };
+        };
+        for (name, section) in obj {
+            let Some(slot) = f.section_mut(name) else {
+                return Err(format!(
+                    "`{name}` is not supported in a serve config here (only TCP, Web and \
+                     AllowFunnel)"
+                ));
+            };
+            match section {
+                Value::Null => {}
+                Value::Object(map) => slot.extend(map.clone()),
+                _ => return Err(format!("`{name}` must be a JSON object")),
+            }
+        }
+        for key in f.tcp.keys() {
+            key.parse::<i64>()
+                .map_err(|_| format!("TCP key `{key}` is not a port number"))
+                .and_then(check_port)?;
+        }
+        Ok(f)
+    }
+}
+
+/// What tsinit should serve: `entries`, `ports` as plain TCP (only `userspace`: in kernel
+/// mode peers reach the ports directly) and the `file` ServeConfig (TS_SERVE_CONFIG, with
+/// `${TS_CERT_DOMAIN}` already replaced). `dns_name` is the node's MagicDNS name (no
+/// trailing dot), which names its web servers.
+pub fn desired(
+    entries: &[Entry],
+    ports: &[u16],
+    userspace: bool,
+    file: Option<&Fragment>,
+    dns_name: &str,
+) -> Fragment {
+    let mut f = file.cloned().unwrap_or_default();
+    if userspace {
+        for p in ports {
+            f.tcp.insert(
+                p.to_string(),
+                json!({"TCPForward": format!("127.0.0.1:{p}")}),
+            );
+        }
+    }
+    for e in entries {
+        let port = e.port.to_string();
+        let handler = match e.proto {
+            Proto::Tcp => json!({"TCPForward": e.target}),
+            Proto::TlsTerminatedTcp => json!({"TCPForward": e.target, "TerminateTLS": dns_name}),
+            Proto::Http => json!({"HTTP": true}),
+            Proto::Https => json!({"HTTPS": true}),
+        };
+        f.tcp.insert(port, handler);
+        if matches!(e.proto, Proto::Http | Proto::Https) {
+            let web = f
+                .web
+                .entry(format!("{dns_name}:{}", e.port))
+                .or_insert_with(|| json!({"Handlers": {}}));
+            if let Some(handlers) = web.get_mut("Handlers").and_then(Value::as_object_mut) {
+                handlers.insert(e.path.clone(), json!({"Proxy": e.target}));
+            }
+        }
+    }
+    f
+}
+
+/// The ServeConfig to set so that `current` serves `desired`: what tsinit managed before
+/// (`previous`) and is no longer desired is removed, the desired keys are set, everything
+/// else in `current` is kept. `None` when `current` already is that.
+pub fn merge(current: &Value, previous: &Fragment, desired: &Fragment) -> Option<Value> {
+    let mut out = match current {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    for ((name, old), (_, new)) in previous.sections().into_iter().zip(desired.sections()) {
+        let mut section = match out.remove(name) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for key in old.keys() {
+            if !new.contains_key(key) {
+                section.remove(key);
+            }
+        }
+        for (key, value) in new {
+            section.insert(key.clone(), value.clone());
+        }
+        if !section.is_empty() {
+            out.insert(name.to_string(), Value::Object(section));
+        }
+    }
+    let out = Value::Object(out);
+    (normalized(current) != out).then_some(out)
+}
+
+/// `current` with empty managed sections dropped (tailscaled omits them), null as {}.
+fn normalized(current: &Value) -> Value {
+    let mut m = match current {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    for name in SECTIONS {
+        if m.get(name)
+            .is_some_and(|v| v.is_null() || v.as_object().is_some_and(Map::is_empty))
+        {
+            m.remove(name);
+        }
+    }
+    Value::Object(m)
+}
+
+/// What differs between two ServeConfigs, one line per changed key, for the log.
+pub fn changes(before: &Value, after: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in SECTIONS {
+        let get = |v: &Value| {
+            v.get(name)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (b, a) = (get(before), get(after));
+        for (key, value) in &a {
+            match b.get(key) {
+                None => out.push(format!("+ {name} {key} {value}")),
+                Some(old) if old != value => out.push(format!("~ {name} {key} {value}")),
+                Some(_) => {}
+            }
+        }
+        for key in b.keys().filter(|k| !a.contains_key(*k)) {
+            out.push(format!("- {name} {key}"));
+        }
+    }
+    out
+}
+
+/// One line per served port, for `tsinit status`: "tcp 9999 -> 127.0.0.1:9999",
+/// "https 443 / -> http://127.0.0.1:3000".
+pub fn describe(config: &Value) -> Vec<String> {
+    let empty = Map::new();
+    let tcp = config
+        .get("TCP")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let web = config
+        .get("Web")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let mut ports: Vec<(u16, &Value)> = tcp
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+        .collect();
+    ports.sort_by_key(|(p, _)| *p);
+    let mut out = Vec::new();
+    for (port, h) in ports {
+        let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default();
+        let flag = |k: &str| h.get(k).and_then(Value::as_bool).unwrap_or(false);
+        if !s("TCPForward").is_empty() {
+            let proto = match s("TerminateTLS").is_empty() {
+                true => "tcp",
+                false => "tls-terminated-tcp",
+            };
+            out.push(format!("{proto} {port} -> {}", s("TCPForward")));
+            continue;
+        }
+        let proto = if flag("HTTPS") {
+            "https"
+        } else if flag("HTTP") {
+            "http"
+        } else {
+            out.push(format!("tcp {port} (handled by tailscaled)"));
+            continue;
+        };
+        let suffix = format!(":{port}");
+        let mut handlers: Vec<(String, String)> = web
+            .iter()
+            .filter(|(hp, _)| hp.ends_with(&suffix))
+            .filter_map(|(_, w)| w.get("Handlers")?.as_object().cloned())
+            .flat_map(|m| m.into_iter())
+            .map(|(path, h)| {
+                let to = ["Proxy", "Path", "Text", "Redirect"]
+                    .iter()
+                    .find_map(|k| {
+                        h.get(*k)
+                            .and_then(Value::as_str)
+                            .map(|v| format!("{k} {v}"))
+                    })
+                    .unwrap_or_else(|| "?".to_string());
+                (
+                    path,
+                    to.strip_prefix("Proxy ").map(str::to_string).unwrap_or(to),
+                )
+            })
+            .collect();
+        handlers.sort();
+        if handlers.is_empty() {
+            out.push(format!("{proto} {port} (no handler)"));
+        }
+        for (path, to) in handlers {
+            out.push(format!("{proto} {port} {path} -> {to}"));
+        }
+    }
+    out
+}
+
+/// Replaces `${TS_CERT_DOMAIN}` as containerboot does.
+pub fn expand_cert_domain(text: &str, domain: &str) -> String {
+    text.replace("${TS_CERT_DOMAIN}", domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
+        let proto = serde_json::from_value(json!(proto)).map_err(|e| e.to_string())?;
+        Entry::try_from(RawEntry {
+            proto,
+            port,
+            target: target.to_string(),
+            path: path.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn targets_are_checked_and_made_canonical() {
+        let ok = |proto, target: &str, want: &str| {
+            assert_eq!(
+                entry(proto, 1, target, None).unwrap().target,
+                want,
+                "{target}"
+            );
+        };
+        ok("tcp", "9999", "127.0.0.1:9999");
+        ok("tcp", "127.0.0.1:22", "127.0.0.1:22");
+        ok("tcp", "tcp://db:5432", "db:5432");
+        ok("tcp", "[::1]:80", "[::1]:80");
+        ok("https", "3000", "http://127.0.0.1:3000");
+        ok("https", "localhost:3000", "http://localhost:3000");
+        ok(
+            "http",
+            "http://127.0.0.1:3000/app",
+            "http://127.0.0.1:3000/app",
+        );
+        ok(
+            "https",
+            "https+insecure://127.0.0.1:8443",
+            "https+insecure://127.0.0.1:8443",
+        );
+        ok("http", "http://backend", "http://backend");
+        let bad = |proto, port, target: &str, path: Option<&str>, want: &str| {
+            let err = entry(proto, port, target, path).unwrap_err();
+            assert!(err.contains(want), "{proto} {port} {target}: {err}");
+        };
+        bad("tcp", 0, "1", None, "port 0 is not a port number");
+        bad("tcp", 70000, "1", None, "port 70000");
+        bad("tcp", 1, "99999", None, "port 99999");
+        bad("tcp", 1, "host", None, "not a port or host:port");
+        bad("tcp", 1, "a b:1", None, "not a port or host:port");
+        bad("tcp", 1, "1", Some("/x"), "only for http and https");
+        bad("https", 1, "ftp://x:1", None, "not a URL");
+        bad("https", 1, "http://a b:1", None, "not a usable URL");
+        bad("https", 1, "1", Some("x"), "must start with /");
+    }
+
+    #[test]
+    fn one_protocol_per_port_and_one_target_per_path() {
+        let e = |proto, port, path: &str| entry(proto, port, "1", Some(path)).unwrap();
+        let t = |port| entry("tcp", port, "1", None).unwrap();
+        assert!(check(&[e("https", 443, "/"), e("https", 443, "/api")], &[8080]).is_ok());
+        let err = check(&[e("https", 443, "/"), e("http", 443, "/x")], &[]).unwrap_err();
+        assert!(err.contains("as https and as http"), "{err}");
+        let err = check(&[e("https", 443, "/"), e("https", 443, "/")], &[]).unwrap_err();
+        assert!(err.contains("path / is served twice"), "{err}");
+        assert!(check(&[t(22), t(22)], &[]).is_err());
+        let err = check(&[t(22)], &[22]).unwrap_err();
+        assert!(err.contains("serve_ports and in a [[serve]]"), "{err}");
+    }
+
+    fn entries() -> Vec<Entry> {
+        vec![
+            entry("tcp", 9999, "9999", None).unwrap(),
+            entry("https", 443, "3000", None).unwrap(),
+            entry("https", 443, "http://127.0.0.1:4000", Some("/api")).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn desired_config_has_the_shape_tailscaled_stores() {
+        let f = desired(&entries(), &[8080], true, None, "node.tail.example");
+        assert_eq!(
+            f.to_json(),
+            json!({
+                "TCP": {
+                    "443": {"HTTPS": true},
+                    "8080": {"TCPForward": "127.0.0.1:8080"},
+                    "9999": {"TCPForward": "127.0.0.1:9999"},
+                },
+                "Web": {"node.tail.example:443": {"Handlers": {
+                    "/": {"Proxy": "http://127.0.0.1:3000"},
+                    "/api": {"Proxy": "http://127.0.0.1:4000"},
+                }}},
+            })
+        );
+        // serve_ports only in userspace mode.
+        let kernel = desired(&entries(), &[8080], false, None, "node.tail.example");
+        assert!(!kernel.tcp.contains_key("8080"));
+    }
+
+    #[test]
+    fn merge_changes_only_what_differs_and_keeps_what_others_serve() {
+        let want = desired(&entries(), &[], true, None, "n.t");
+        // Nothing served yet (tailscaled answers null): everything is added.
+        let first = merge(&Value::Null, &Fragment::default(), &want).unwrap();
+        assert_eq!(first, want.to_json());
+        // Applied already: nothing to do, also with empty sections spelled out.
+        assert_eq!(merge(&first, &want, &want), None);
+        let mut spelled = first.clone();
+        spelled["AllowFunnel"] = json!({});
+        assert_eq!(merge(&spelled, &want, &want), None);
+
+        // Someone served 8443 by hand; tsinit's entry for 9999 is removed from the
+        // configuration and 443 changes target: 8443 stays, 9999 goes, 443 changes.
+        let mut current = first.clone();
+        current["TCP"]["8443"] = json!({"TCPForward": "127.0.0.1:8443"});
+        current["Foreground"] = json!({"session": {"TCP": {"1": {"HTTP": true}}}});
+        let edited = vec![entry("https", 443, "3001", None).unwrap()];
+        let now = desired(&edited, &[], true, None, "n.t");
+        let next = merge(&current, &want, &now).unwrap();
+        assert_eq!(
+            next,
+            json!({
+                "TCP": {"443": {"HTTPS": true}, "8443": {"TCPForward": "127.0.0.1:8443"}},
+                "Web": {"n.t:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:3001"}}}},
+                "Foreground": {"session": {"TCP": {"1": {"HTTP": true}}}},
+            })
+        );
+        assert_eq!(
+            changes(&current, &next),
+            [
+                "- TCP 9999",
+                "~ Web n.t:443 {\"Handlers\":{\"/\":{\"Proxy\":\"http://127.0.0.1:3001\"}}}"
+            ]
+        );
+
+        // Everything removed from the configuration: tsinit's keys go, empty sections too.
+        let cleared = merge(&next, &now, &Fragment::default()).unwrap();
+        assert_eq!(
+            cleared,
+            json!({
+                "TCP": {"8443": {"TCPForward": "127.0.0.1:8443"}},
+                "Foreground": {"session": {"TCP": {"1": {"HTTP": true}}}},
+            })
+        );
+        // Nothing managed and nothing desired: no change.
+        assert_eq!(
+            merge(&cleared, &Fragment::default(), &Fragment::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_serve_config_file_is_read_like_containerboot_reads_it() {
+        let text = r#"{"TCP": {"443": {"HTTPS": true}},
+                       "Web": {"${TS_CERT_DOMAIN}:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:80"}}}},
+                       "AllowFunnel": {"${TS_CERT_DOMAIN}:443": false}}"#;
+        let text = expand_cert_domain(text, "n.t");
+        let f = Fragment::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(f.web.contains_key("n.t:443"));
+        assert_eq!(f.funnel["n.t:443"], json!(false));
+        let both = desired(
+            &[entry("tcp", 22, "22", None).unwrap()],
+            &[],
+            true,
+            Some(&f),
+            "n.t",
+        );
+        assert_eq!(both.tcp.len(), 2);
+        for (bad, want) in [
+            (json!([1]), "must be a JSON object"),
+            (json!({"Services": {}}), "`Services` is not supported"),
+            (json!({"TCP": {"x": {}}}), "TCP key `x`"),
+            (json!({"TCP": {"0": {}}}), "port 0"),
+            (json!({"Web": 1}), "`Web` must be a JSON object"),
+        ] {
+            let err = Fragment::from_json(&bad).unwrap_err();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
+        assert_eq!(
+            Fragment::from_json(&Value::Null).unwrap(),
+            Fragment::default()
+        );
+    }
+
+    #[test]
+    fn status_lines_name_each_port() {
+        let mut config = desired(&entries(), &[8080], true, None, "n.t").to_json();
+        config["TCP"]["853"] = json!({"TCPForward": "127.0.0.1:53", "TerminateTLS": "n.t"});
+        assert_eq!(
+            describe(&config),
+            [
+                "https 443 / -> http://127.0.0.1:3000",
+                "https 443 /api -> http://127.0.0.1:4000",
+                "tls-terminated-tcp 853 -> 127.0.0.1:53",
+                "tcp 8080 -> 127.0.0.1:8080",
+                "tcp 9999 -> 127.0.0.1:9999",
+            ]
+        );
+        assert!(describe(&Value::Null).is_empty());
+    }
+}
