@@ -451,6 +451,27 @@ pub fn describe(config: &Value) -> Vec<String> {
     out
 }
 
+/// The ports of `f` that need a TLS certificate: (port, "https" or
+/// "tls-terminated-tcp").
+pub fn needs_certificate(f: &Fragment) -> Vec<(String, &'static str)> {
+    f.tcp
+        .iter()
+        .filter_map(|(port, h)| {
+            if h.get("HTTPS").and_then(Value::as_bool) == Some(true) {
+                Some((port.clone(), "https"))
+            } else if h
+                .get("TerminateTLS")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+            {
+                Some((port.clone(), "tls-terminated-tcp"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Replaces `${TS_CERT_DOMAIN}` as containerboot does.
 pub fn expand_cert_domain(text: &str, domain: &str) -> String {
     text.replace("${TS_CERT_DOMAIN}", domain)
@@ -553,6 +574,18 @@ mod tests {
         // serve_ports only in userspace mode.
         let kernel = desired(&entries(), &[8080], false, None, "node.tail.example");
         assert!(!kernel.tcp.contains_key("8080"));
+        let mut tls = f.clone();
+        tls.tcp.insert(
+            "853".into(),
+            json!({"TCPForward": "127.0.0.1:53", "TerminateTLS": "node.tail.example"}),
+        );
+        assert_eq!(
+            needs_certificate(&tls),
+            [
+                ("443".to_string(), "https"),
+                ("853".to_string(), "tls-terminated-tcp")
+            ]
+        );
     }
 
     #[test]

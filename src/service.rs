@@ -522,18 +522,12 @@ impl Tailnet {
             &dns_name,
         );
         if status.cert_domains.is_empty() {
-            for e in &self.serve.entries {
-                if matches!(
-                    e.proto,
-                    crate::serve::Proto::Https | crate::serve::Proto::TlsTerminatedTcp
-                ) {
-                    warn!(
-                        "serve: {} on port {} needs a TLS certificate, but HTTPS is not \
-                         enabled on this tailnet (no certificate domains): connections \
-                         will fail until it is (admin console, DNS, HTTPS Certificates)",
-                        e.proto, e.port
-                    );
-                }
+            for (port, proto) in crate::serve::needs_certificate(&desired) {
+                warn!(
+                    "serve: {proto} on port {port} needs a TLS certificate, but HTTPS is not \
+                     enabled on this tailnet (no certificate domains): connections will \
+                     fail until it is (admin console, DNS, HTTPS Certificates)"
+                );
             }
         }
         // Twice at most: a change by someone else between our read and write is seen
