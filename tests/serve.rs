@@ -226,7 +226,11 @@ fn serve_entries_are_applied_once_kept_across_restarts_and_changed_by_difference
     // And nothing to do the next time: not even a look at the serve config. SSH is
     // switched on for this node, which is already up: `tailscale set --ssh=true`.
     let r = boot("ssh = true\n", "\"$TSINIT\" status");
-    assert!(r.stderr().contains("tailscale set --ssh=true"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("tailscale set --ssh=true"),
+        "{}",
+        r.stderr()
+    );
     assert!(r.stdout().contains("ssh: on (port 22)"), "{}", r.stdout());
     assert!(
         !r.stderr()
