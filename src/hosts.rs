@@ -67,10 +67,11 @@ pub fn tailscale_ip(ip: &IpAddr) -> bool {
 }
 
 /// The entries for `status`: self and every peer, one per valid Tailscale address, in
-/// a fixed order. Empty unless the node is Running (a stopped or logged-out node's
-/// names are not served). Invalid names and addresses are dropped with a debug line.
+/// a fixed order. Empty unless the node is logged in with its netmap, i.e. Starting
+/// (connecting) or Running: a stopped or logged-out node's names are not served. Invalid
+/// names and addresses are dropped with a debug line.
 pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
-    if status.backend_state != "Running" {
+    if !matches!(status.backend_state.as_str(), "Running" | "Starting") {
         return Vec::new();
     }
     let nodes = status
@@ -493,11 +494,17 @@ mod tests {
     }
 
     #[test]
-    fn nothing_unless_running() {
-        for state in ["NeedsLogin", "Stopped", "Starting", "NoState"] {
+    fn nothing_unless_logged_in() {
+        for state in ["NeedsLogin", "Stopped", "NoState", "NeedsMachineAuth"] {
             let json = RUNNING.replace("\"Running\"", &format!("\"{state}\""));
             assert!(entries(&status(&json), OPTS).is_empty(), "{state}");
         }
+        let starting = RUNNING.replace("\"Running\"", "\"Starting\"");
+        assert_eq!(
+            entries(&status(&starting), OPTS),
+            entries(&status(RUNNING), OPTS)
+        );
+        assert!(!entries(&status(RUNNING), OPTS).is_empty());
     }
 
     #[test]

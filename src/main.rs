@@ -104,7 +104,7 @@ fn run(args: Vec<OsString>) -> i32 {
         env.extend(t.workload_env());
         drop_caps = !t.keep_caps();
     }
-    if let Some(t) = &tailnet {
+    if let Some(t) = tailnet.as_mut() {
         t.sync_hosts();
     }
     init.pump(Some(std::time::Instant::now()), &[]); // a stop signal may be pending

@@ -92,6 +92,8 @@ pub struct Tailnet {
     /// Set while stopping: CLI calls then run to the end whatever else happens.
     stopping: bool,
     hosts: Option<HostsSync>,
+    /// Whether this bring-up has written the hosts block already.
+    hosts_synced: bool,
     serve: ServeSetup,
 }
 
@@ -296,6 +298,7 @@ pub fn prepare(
             true => HostsSync::start(&config.hosts, &t.socket),
             false => None,
         },
+        hosts_synced: false,
         serve,
     }))
 }
@@ -407,6 +410,7 @@ impl Tailnet {
     /// Starts tailscaled, waits until it answers, and brings its settings in step.
     pub fn start(&mut self, init: &mut Init) -> Result<(), BringupError> {
         let deadline = Instant::now() + self.cfg.boot_timeout;
+        self.hosts_synced = false;
         if self.daemon.is_none() {
             self.spawn(init)?;
         }
@@ -428,6 +432,9 @@ impl Tailnet {
         let starting = status.backend_state == "Starting";
         let mut result = self.converge(init, status, prefs);
         if result.is_ok() && starting {
+            // The netmap is there already: write the hosts block while tailscaled
+            // connects, rather than after.
+            self.sync_hosts();
             // A resumed login: the workload starts once the node is Running (or the
             // reason it is not is known). Leaving Starting always comes with a State
             // event, so no status reads between events.
@@ -567,10 +574,13 @@ impl Tailnet {
     }
 
     /// Writes the hosts block once, on this thread: the workload finds the tailnet's
-    /// names in place when it starts.
-    pub fn sync_hosts(&self) {
-        if let Some(h) = &self.hosts {
+    /// names in place when it starts. (Unchanged blocks are not rewritten.)
+    pub fn sync_hosts(&mut self) {
+        if let Some(h) = &self.hosts
+            && !self.hosts_synced
+        {
             h.sync_now();
+            self.hosts_synced = true;
         }
     }
 
