@@ -601,7 +601,10 @@ pub fn from_text(
         layer.apply(&mut config);
     }
     crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
-        origin: origin.to_string(),
+        origin: match env(&env_name("serve_ports")) {
+            Some(v) => format!("{origin} and {}={v:?}", env_name("serve_ports")),
+            None => origin.to_string(),
+        },
         message: format!("[[serve]]: {message}"),
     })?;
     Ok(config)
@@ -932,6 +935,19 @@ mod tests {
             let err = load_text(text, env).unwrap_err();
             assert_eq!(err.to_string(), want, "for {text:?} {env:?}");
         }
+    }
+
+    #[test]
+    fn the_embedded_serve_example_is_valid() {
+        let example: String = EMBEDDED
+            .lines()
+            .skip_while(|l| !l.starts_with("#   [[serve]]"))
+            .take_while(|l| l.starts_with("#   ") || *l == "#")
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim()))
+            .collect();
+        let c = load_text(&example, &[]).unwrap();
+        assert_eq!(c.serve.len(), 2, "{example}");
+        assert_eq!(c.serve[1].target, "http://127.0.0.1:3000");
     }
 
     #[test]

@@ -266,7 +266,17 @@ impl Fragment {
                 .map_err(|_| format!("TCP key `{key}` is not a port number"))
                 .and_then(check_port)?;
         }
+        for (key, web) in &f.web {
+            if !web.get("Handlers").is_some_and(Value::is_object) {
+                return Err(format!("Web `{key}` needs a `Handlers` object"));
+            }
+        }
         Ok(f)
+    }
+
+    /// The TCP ports it serves.
+    pub fn ports(&self) -> Vec<u16> {
+        self.tcp.keys().filter_map(|k| k.parse().ok()).collect()
     }
 }
 
@@ -325,13 +335,17 @@ pub fn merge(current: &Value, previous: &Fragment, desired: &Fragment) -> Option
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        for key in old.keys() {
-            if !new.contains_key(key) {
-                section.remove(key);
+        if name == "Web" {
+            merge_web(&mut section, old, new);
+        } else {
+            for key in old.keys() {
+                if !new.contains_key(key) {
+                    section.remove(key);
+                }
             }
-        }
-        for (key, value) in new {
-            section.insert(key.clone(), value.clone());
+            for (key, value) in new {
+                section.insert(key.clone(), value.clone());
+            }
         }
         if !section.is_empty() {
             out.insert(name.to_string(), Value::Object(section));
@@ -339,6 +353,82 @@ pub fn merge(current: &Value, previous: &Fragment, desired: &Fragment) -> Option
     }
     let out = Value::Object(out);
     (normalized(current) != out).then_some(out)
+}
+
+fn handlers(web: Option<&Value>) -> Map<String, Value> {
+    web.and_then(|w| w.get("Handlers"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Web servers are managed by mount point: paths set by hand on a host:port tsinit also
+/// serves stay.
+fn merge_web(
+    section: &mut Map<String, Value>,
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+) {
+    let hostports: Vec<String> = old.keys().chain(new.keys()).cloned().collect();
+    for hp in hostports {
+        let mut current = handlers(section.get(&hp));
+        let wanted = handlers(new.get(&hp));
+        for path in handlers(old.get(&hp)).keys() {
+            if !wanted.contains_key(path) {
+                current.remove(path);
+            }
+        }
+        current.extend(wanted);
+        match current.is_empty() {
+            true => {
+                section.remove(&hp);
+            }
+            false => {
+                let mut web = match section.remove(&hp) {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                web.insert("Handlers".to_string(), Value::Object(current));
+                section.insert(hp, Value::Object(web));
+            }
+        }
+    }
+}
+
+/// What the configuration takes over from what was served by other means: TCP ports,
+/// web mount points and funnel switches in `current` that tsinit did not set (not in
+/// `previous`) and that `desired` sets differently. For a warning.
+pub fn taken_over(current: &Value, previous: &Fragment, desired: &Fragment) -> Vec<String> {
+    let mut out = Vec::new();
+    let section = |name: &str| {
+        current
+            .get(name)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (name, prev, want) in [
+        ("TCP", &previous.tcp, &desired.tcp),
+        ("AllowFunnel", &previous.funnel, &desired.funnel),
+    ] {
+        let cur = section(name);
+        for (key, value) in want {
+            if !prev.contains_key(key) && cur.get(key).is_some_and(|v| v != value) {
+                out.push(format!("{name} {key}"));
+            }
+        }
+    }
+    let web = section("Web");
+    for (hp, w) in &desired.web {
+        let cur = handlers(web.get(hp));
+        let prev = handlers(previous.web.get(hp));
+        for (path, h) in handlers(Some(w)) {
+            if !prev.contains_key(&path) && cur.get(&path).is_some_and(|v| *v != h) {
+                out.push(format!("Web {hp} {path}"));
+            }
+        }
+    }
+    out
 }
 
 /// `current` with empty managed sections dropped (tailscaled omits them), null as {}.
@@ -641,6 +731,40 @@ mod tests {
     }
 
     #[test]
+    fn web_servers_are_managed_by_mount_point() {
+        let want = desired(&entries(), &[], true, None, "n.t");
+        // A path added by hand on tsinit's 443, and a port 8080 served by hand that the
+        // configuration now also wants.
+        let mut current = want.to_json();
+        current["Web"]["n.t:443"]["Handlers"]["/admin"] = json!({"Proxy": "http://127.0.0.1:9000"});
+        current["TCP"]["8080"] = json!({"TCPForward": "127.0.0.1:9090"});
+        let more = desired(&entries(), &[8080], true, None, "n.t");
+        assert_eq!(taken_over(&current, &want, &more), ["TCP 8080"]);
+        assert!(taken_over(&current, &want, &want).is_empty());
+        // "/api" leaves the configuration: it goes, "/admin" stays, "/" stays.
+        let fewer = desired(&entries()[..2], &[], true, None, "n.t");
+        let next = merge(&current, &want, &fewer).unwrap();
+        assert_eq!(
+            next["Web"]["n.t:443"]["Handlers"],
+            json!({"/": {"Proxy": "http://127.0.0.1:3000"}, "/admin": {"Proxy": "http://127.0.0.1:9000"}})
+        );
+        // Every https entry leaves: the hand-made path keeps the web server.
+        let only_tcp = desired(&entries()[..1], &[], true, None, "n.t");
+        let next = merge(&next, &fewer, &only_tcp).unwrap();
+        assert_eq!(
+            next["Web"],
+            json!({"n.t:443": {"Handlers": {"/admin": {"Proxy": "http://127.0.0.1:9000"}}}})
+        );
+        // A hand-made path on the same mount point as an entry is taken over.
+        let mut clash = want.to_json();
+        clash["Web"]["n.t:443"]["Handlers"]["/api"] = json!({"Text": "by hand"});
+        assert_eq!(
+            taken_over(&clash, &Fragment::default(), &want),
+            ["Web n.t:443 /api"]
+        );
+    }
+
+    #[test]
     fn a_serve_config_file_is_read_like_containerboot_reads_it() {
         let text = r#"{"TCP": {"443": {"HTTPS": true}},
                        "Web": {"${TS_CERT_DOMAIN}:443": {"Handlers": {"/": {"Proxy": "http://127.0.0.1:80"}}}},
@@ -663,6 +787,10 @@ mod tests {
             (json!({"TCP": {"x": {}}}), "TCP key `x`"),
             (json!({"TCP": {"0": {}}}), "port 0"),
             (json!({"Web": 1}), "`Web` must be a JSON object"),
+            (
+                json!({"Web": {"n:443": {}}}),
+                "Web `n:443` needs a `Handlers` object",
+            ),
         ] {
             let err = Fragment::from_json(&bad).unwrap_err();
             assert!(err.contains(want), "{bad}: {err}");

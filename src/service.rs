@@ -38,6 +38,9 @@ const STATES: [&str; 7] = [
     "Running",
 ];
 
+/// How long a bring-up that renamed the node waits for control's new DNS name.
+const RENAME_WAIT: Duration = Duration::from_secs(10);
+
 /// The node capability control grants where Tailscale SSH is enabled.
 const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
 
@@ -94,6 +97,9 @@ pub struct Tailnet {
     hosts: Option<HostsSync>,
     /// Whether this bring-up has written the hosts block already.
     hosts_synced: bool,
+    /// Whether this bring-up changed the node's hostname (its DNS name follows once
+    /// control answers).
+    renamed: bool,
     serve: ServeSetup,
 }
 
@@ -101,10 +107,20 @@ pub struct Tailnet {
 struct ServeSetup {
     entries: Vec<crate::serve::Entry>,
     ports: Vec<u16>,
-    /// The ServeConfig file (TS_SERVE_CONFIG) and its text, read at start-up.
-    file: Option<(PathBuf, String)>,
+    /// The ServeConfig file (TS_SERVE_CONFIG): checked at start-up, read again at each
+    /// bring-up.
+    file: Option<PathBuf>,
     /// Where tsinit remembers what it set, beside tailscaled's state.
     record: PathBuf,
+}
+
+/// Reads a ServeConfig file, `${TS_CERT_DOMAIN}` replaced by `domain`.
+fn read_serve_file(path: &Path, domain: &str) -> Result<crate::serve::Fragment, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::os_message(&e))?;
+    let expanded = crate::serve::expand_cert_domain(&text, domain);
+    let value: serde_json::Value =
+        serde_json::from_str(&expanded).map_err(|e| format!("not JSON: {e}"))?;
+    crate::serve::Fragment::from_json(&value)
 }
 
 impl ServeSetup {
@@ -121,15 +137,20 @@ impl ServeSetup {
                         ),
                     })
                 };
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| bad(crate::error::os_message(&e)))?;
                 // Checked now with a stand-in name, so a bad file stops tsinit before
                 // anything starts.
-                let expanded = crate::serve::expand_cert_domain(&text, "node.example");
-                let value: serde_json::Value =
-                    serde_json::from_str(&expanded).map_err(|e| bad(format!("not JSON: {e}")))?;
-                crate::serve::Fragment::from_json(&value).map_err(bad)?;
-                Some((path.clone(), text))
+                let fragment = read_serve_file(path, "node.example").map_err(bad)?;
+                for port in fragment.ports() {
+                    if config.serve.iter().any(|e| e.port == port)
+                        || config.serve_ports.contains(&port)
+                    {
+                        return Err(bad(format!(
+                            "port {port} is served by the file and by [[serve]] or \
+                             serve_ports: keep one"
+                        )));
+                    }
+                }
+                Some(path.clone())
             }
         };
         Ok(ServeSetup {
@@ -299,6 +320,7 @@ pub fn prepare(
             false => None,
         },
         hosts_synced: false,
+        renamed: false,
         serve,
     }))
 }
@@ -411,6 +433,7 @@ impl Tailnet {
     pub fn start(&mut self, init: &mut Init) -> Result<(), BringupError> {
         let deadline = Instant::now() + self.cfg.boot_timeout;
         self.hosts_synced = false;
+        self.renamed = false;
         if self.daemon.is_none() {
             self.spawn(init)?;
         }
@@ -430,6 +453,7 @@ impl Tailnet {
             prefs = Some(p);
         }
         let starting = status.backend_state == "Starting";
+        let old_name = status.self_.as_ref().map(|s| s.dns_name.clone());
         let mut result = self.converge(init, status, prefs);
         if result.is_ok() && starting {
             // The netmap is there already: write the hosts block while tailscaled
@@ -451,9 +475,80 @@ impl Tailnet {
                 Err(e) => Err(e),
             };
         }
+        if result.is_err() {
+            self.hosts_synced = false; // written while Starting, but it did not last
+        }
         result?;
+        if self.renamed
+            && self.serve.configured()
+            && let Some(old) = old_name.filter(|n| !n.is_empty())
+        {
+            // Served web names are the node's DNS name: wait for the new one.
+            let until = Instant::now() + RENAME_WAIT;
+            let renamed = self.wait_for_status(init, until, move |s| {
+                s.self_.as_ref().is_some_and(|me| me.dns_name != old)
+            })?;
+            if !renamed {
+                warn!(
+                    "serve: control did not rename the node within {}; serving under its \
+                     current name",
+                    duration::format(RENAME_WAIT)
+                );
+            }
+        }
+        let served = self.apply_serve();
         self.check_ssh()?;
-        self.apply_serve()
+        served
+    }
+
+    /// Waits (until `deadline`) for tailscaled's status to satisfy `done`: a thread reads
+    /// it at once and again on every IPN bus event, and wakes the main loop through a
+    /// socket pair, so signals and tailscaled's exit are handled meanwhile. Ok(false)
+    /// when the deadline passed.
+    fn wait_for_status(
+        &mut self,
+        init: &mut Init,
+        deadline: Instant,
+        done: impl Fn(&Status) -> bool + Send + 'static,
+    ) -> Result<bool, BringupError> {
+        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
+        let socket = self.cfg.socket.clone();
+        let watcher = std::thread::Builder::new()
+            .name("status".to_string())
+            .spawn(move || {
+                let api = LocalApi::new(&socket, Some(Duration::from_secs(5)));
+                let check = || api.status().is_ok_and(|s| done(&s));
+                let mut met = check();
+                if !met && let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(0) {
+                    for event in bus {
+                        if event.is_err() {
+                            break;
+                        }
+                        if check() {
+                            met = true;
+                            break;
+                        }
+                    }
+                }
+                (&wake_tx).write_all(&[u8::from(met)]).ok();
+            });
+        if let Err(e) = watcher {
+            return Err(BringupError::Failed(format!(
+                "cannot watch tailscaled's status: {e}"
+            )));
+        }
+        loop {
+            self.check_interrupts(init)?;
+            match init.pump(Some(deadline), &[wake_rx.as_fd()]) {
+                Woke::Ready(_) => break,
+                Woke::Deadline if Instant::now() >= deadline => return Ok(false),
+                Woke::Deadline | Woke::Handled => {}
+            }
+        }
+        let mut byte = [0u8];
+        (&wake_rx).read_exact(&mut byte).ok();
+        Ok(byte[0] == 1)
     }
 
     /// With ssh = true: fails if control did not enable Tailscale SSH for this node (the
@@ -470,6 +565,14 @@ impl Tailnet {
             .self_
             .as_ref()
             .is_some_and(|s| s.cap_map.contains_key(SSH_CAPABILITY));
+        let run_ssh = self.prefs()?.run_ssh;
+        if !run_ssh {
+            return Err(BringupError::Failed(
+                "ssh = true, but Tailscale SSH is off in tailscaled's prefs (see the \
+                 warnings above)"
+                    .to_string(),
+            ));
+        }
         if !has_cap {
             return Err(BringupError::Failed(
                 "ssh = true, but this tailnet has not enabled Tailscale SSH for this node \
@@ -511,12 +614,9 @@ impl Tailnet {
         }
         let file = match &self.serve.file {
             None => None,
-            Some((path, text)) => {
+            Some(path) => {
                 let domain = status.cert_domains.first().unwrap_or(&dns_name);
-                let expanded = crate::serve::expand_cert_domain(text, domain);
-                let value: serde_json::Value = serde_json::from_str(&expanded)
-                    .map_err(|e| failed(&format!("read {}", path.display()), &e))?;
-                let fragment = crate::serve::Fragment::from_json(&value)
+                let fragment = read_serve_file(path, domain)
                     .map_err(|e| failed(&format!("read {}", path.display()), &e))?;
                 Some(fragment)
             }
@@ -547,6 +647,9 @@ impl Tailnet {
                 debug!("serve: nothing to change");
                 break;
             };
+            for key in crate::serve::taken_over(&current, &previous, &desired) {
+                warn!("serve: {key} was served otherwise; the configuration takes it over");
+            }
             match api.set_serve_config(&next, &etag) {
                 Ok(()) => {
                     for line in crate::serve::changes(&current, &next) {
@@ -917,17 +1020,15 @@ impl Tailnet {
                 );
                 Ok(())
             }
-            Plan::Keep { reason } => {
+            Plan::Keep { reason, set } if set.is_empty() => {
                 warn!("{reason}");
                 Ok(())
             }
-            Plan::Set(args) => {
-                info!("tailscale set {}", args.join(" "));
-                let mut full = vec!["set".to_string()];
-                full.extend(args);
-                self.run_cli(init, &full, false, Duration::from_secs(30))?;
-                Ok(())
+            Plan::Keep { reason, set } => {
+                warn!("{reason}");
+                self.run_set(init, set)
             }
+            Plan::Set(args) => self.run_set(init, args),
             Plan::Up { args, needs_key } => {
                 let with_key = needs_key && self.key.is_some();
                 if needs_key && !with_key {
@@ -959,6 +1060,18 @@ impl Tailnet {
                 "tailscaled is in state {state}, which tsinit cannot act on"
             ))),
         }
+    }
+
+    /// `tailscale set` with `args`.
+    fn run_set(&mut self, init: &mut Init, args: Vec<String>) -> Result<(), BringupError> {
+        if args.iter().any(|a| a.starts_with("--hostname=")) {
+            self.renamed = true;
+        }
+        info!("tailscale set {}", args.join(" "));
+        let mut full = vec!["set".to_string()];
+        full.extend(args);
+        self.run_cli(init, &full, false, Duration::from_secs(30))?;
+        Ok(())
     }
 
     /// Runs `tailscale --socket=... <args>`, reaped like every child; with `with_key`

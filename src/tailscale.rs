@@ -28,11 +28,8 @@ impl Desired {
         let t = &config.tailscale;
         // `--ssh` in the extra `up` arguments (as TS_EXTRA_ARGS often has it) counts as
         // ssh = true, so a restart does not take SSH away with `set --ssh=false`.
-        let is_ssh = |a: &String| matches!(a.as_str(), "--ssh" | "--ssh=true" | "--ssh=false");
-        let ssh_in_extra = t
-            .extra_up_args
-            .iter()
-            .any(|a| is_ssh(a) && a != "--ssh=false");
+        let is_ssh = |a: &String| ssh_flag(a).is_some();
+        let ssh_in_extra = t.extra_up_args.iter().any(|a| ssh_flag(a) == Some(true));
         Desired {
             hostname: t
                 .hostname
@@ -51,6 +48,21 @@ impl Desired {
                 .collect(),
             ssh: config.ssh || ssh_in_extra,
         }
+    }
+}
+
+/// The value of an `--ssh` flag as Go's flag package reads it (`-ssh`, `--ssh=t`, ...);
+/// `None` for other arguments.
+fn ssh_flag(arg: &str) -> Option<bool> {
+    let flag = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+    match flag.split_once('=') {
+        None => (flag == "ssh").then_some(true),
+        Some(("ssh", value)) => match value {
+            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+            _ => None,
+        },
+        Some(_) => None,
     }
 }
 
@@ -79,8 +91,9 @@ pub enum Plan {
     /// argument is added by the caller if there is a key.
     Up { args: Vec<String>, needs_key: bool },
     /// Logged in, but a setting only a new login could change differs (tags, login
-    /// server): left alone with a warning, because tsinit never re-registers a node.
-    Keep { reason: String },
+    /// server): left alone with a warning, because tsinit never re-registers a node;
+    /// `set` holds what `tailscale set` can still fix (may be empty).
+    Keep { reason: String, set: Vec<String> },
     /// An administrator must approve the machine in the admin console.
     NeedsApproval,
     /// tailscaled is in a state tsinit cannot act on.
@@ -115,8 +128,10 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
         "NeedsMachineAuth" => return Plan::NeedsApproval,
         other => return Plan::Unexpected(other.to_string()),
     }
+    let set = set_args(current, desired);
     if !same_set(&current.advertise_tags, &desired.advertise_tags) {
         return Plan::Keep {
+            set,
             reason: format!(
                 "advertised tags are [{}] but the configuration asks for [{}]; changing tags \
                  needs a new login, which tsinit never does by itself",
@@ -129,6 +144,7 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
         && server.trim_end_matches('/') != current.control_url.trim_end_matches('/')
     {
         return Plan::Keep {
+            set,
             reason: format!(
                 "logged in to {} but the configuration names {server}; switching needs a new \
                  login, which tsinit never does by itself",
@@ -136,6 +152,15 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
             ),
         };
     }
+    if set.is_empty() {
+        Plan::Nothing
+    } else {
+        Plan::Set(set)
+    }
+}
+
+/// The `tailscale set` arguments for what differs among the settings `set` can change.
+fn set_args(current: &Current, desired: &Desired) -> Vec<String> {
     let mut set = Vec::new();
     if current.hostname != desired.hostname {
         set.push(format!("--hostname={}", desired.hostname));
@@ -155,11 +180,7 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
     if current.run_ssh != desired.ssh {
         set.push(format!("--ssh={}", desired.ssh));
     }
-    if set.is_empty() {
-        Plan::Nothing
-    } else {
-        Plan::Set(set)
-    }
+    set
 }
 
 /// The full flag set for `tailscale up --reset` (always accepted, whatever was set before).
@@ -439,6 +460,14 @@ mod tests {
         assert_eq!(d.extra_up_args, ["--shields-up"]);
         config.tailscale.extra_up_args = vec!["--ssh=false".into()];
         assert!(!Desired::from_config(&config, "h").ssh);
+        for on in ["-ssh", "--ssh=1", "-ssh=t", "--ssh=True"] {
+            config.tailscale.extra_up_args = vec![on.into(), "--sshx".into()];
+            let d = Desired::from_config(&config, "h");
+            assert!(d.ssh, "{on}");
+            assert_eq!(d.extra_up_args, ["--sshx"], "{on}");
+        }
+        config.tailscale.extra_up_args = vec!["-ssh=F".into()];
+        assert!(!Desired::from_config(&config, "h").ssh);
         config.ssh = true;
         assert!(Desired::from_config(&config, "h").ssh);
     }
@@ -449,7 +478,15 @@ mod tests {
             advertise_tags: vec!["tag:old".into()],
             ..running()
         };
-        assert!(matches!(plan(&tagged, &desired()), Plan::Keep { .. }));
+        assert!(matches!(plan(&tagged, &desired()), Plan::Keep { ref set, .. } if set.is_empty()));
+        // What `set` can change is still changed.
+        let tagged_ssh = Current {
+            run_ssh: true,
+            ..tagged.clone()
+        };
+        assert!(
+            matches!(plan(&tagged_ssh, &desired()), Plan::Keep { set, .. } if set == ["--ssh=false"])
+        );
         let mut other = desired();
         other.login_server = Some("https://headscale.example".into());
         assert!(matches!(plan(&running(), &other), Plan::Keep { .. }));

@@ -99,12 +99,12 @@ fn serve_entries_are_applied_once_kept_across_restarts_and_changed_by_difference
         out.display()
     );
     let web = |target: &str| json!({"Handlers": {"/": {"Proxy": target}}});
-    let boot = |toml: &str, script: &str| {
+    let boot_as = |name: &str, toml: &str, script: &str| {
         let cmd = node(
             &ns,
             &control,
             dir.path(),
-            "tsinit-test",
+            name,
             "userspace",
             toml,
             &["-v", "--", "sh", "-c", script],
@@ -113,6 +113,7 @@ fn serve_entries_are_applied_once_kept_across_restarts_and_changed_by_difference
         assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
         r
     };
+    let boot = |toml: &str, script: &str| boot_as("tsinit-test", toml, script);
 
     // First boot: everything is added, and `tsinit status` lists it.
     let script = format!("{dump}; \"$TSINIT\" status");
@@ -208,7 +209,24 @@ fn serve_entries_are_applied_once_kept_across_restarts_and_changed_by_difference
     );
     assert_eq!(served(&out), edited);
 
-    // Fourth boot, no serve settings left: tsinit's entries go, the hand-made one stays.
+    // Fourth boot under a new hostname: `tailscale set --hostname`, and once control has
+    // renamed the node its web server moves to the new name.
+    let r = boot_as("tsinit-renamed", V2, &dump);
+    assert!(
+        r.stderr()
+            .contains("tailscale set --hostname=tsinit-renamed"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(
+        serve_changes(&r.stderr()),
+        [
+            "+ Web tsinit-renamed.tail.example:80 {\"Handlers\":{\"/\":{\"Proxy\":\"http://127.0.0.1:3001\"}}}",
+            "- Web tsinit-test.tail.example:80"
+        ]
+    );
+
+    // Fifth boot, no serve settings left: tsinit's entries go, the hand-made one stays.
     let r = boot("", &dump);
     let changes = serve_changes(&r.stderr());
     assert_eq!(
@@ -216,7 +234,7 @@ fn serve_entries_are_applied_once_kept_across_restarts_and_changed_by_difference
         [
             "- TCP 7000",
             "- TCP 80",
-            "- Web tsinit-test.tail.example:80"
+            "- Web tsinit-renamed.tail.example:80"
         ]
     );
     assert_eq!(
@@ -309,6 +327,29 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!marker.exists());
+
+    // And a file serving a port a [[serve]] entry serves too.
+    std::fs::write(&file, r#"{"TCP": {"22": {"TCPForward": "127.0.0.1:22"}}}"#).unwrap();
+    let clash = "[[serve]]\nproto = \"tcp\"\nport = 22\ntarget = \"2222\"\n";
+    let mut cmd = node(
+        &ns,
+        &control,
+        dir.path(),
+        "tsinit-test",
+        "userspace",
+        clash,
+        &["--", "sh", "-c", &script],
+    );
+    cmd.env("TS_SERVE_CONFIG", &file);
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 78, "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("port 22 is served by the file and by [[serve]]"),
+        "{}",
+        r.stderr()
+    );
     assert!(!marker.exists());
 
     // So does a bad [[serve]] entry.
