@@ -5,8 +5,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
 use crate::duration;
 
 /// The configuration file read when neither --config nor TSINIT_CONFIG names one.
@@ -78,8 +76,7 @@ pub const CONTAINERBOOT_ENV: [(&str, &str); 13] = [
 ];
 
 /// Who receives forwarded signals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignalTarget {
     /// The workload's main process.
     Process,
@@ -88,8 +85,7 @@ pub enum SignalTarget {
 }
 
 /// How tailscaled reaches the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Networking {
     /// Kernel TUN (tailscale0); missing /dev/net/tun or CAP_NET_ADMIN is an error.
     Kernel,
@@ -100,8 +96,7 @@ pub enum Networking {
 }
 
 /// What to do when tailscaled or `tailscale up` fails before the workload starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFailure {
     Exit,
     Continue,
@@ -226,224 +221,170 @@ impl Default for Config {
     }
 }
 
-/// One source of settings; what it leaves `None` comes from the sources below it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Layer {
-    signal_target: Option<SignalTarget>,
-    #[serde(default, deserialize_with = "some_duration")]
-    grace_period: Option<Duration>,
-    #[serde(default, deserialize_with = "some_duration_or_off")]
-    escalate_after: Option<Option<Duration>>,
-    networking: Option<Networking>,
-    on_failure: Option<OnFailure>,
-    #[serde(default, deserialize_with = "some_bool")]
-    ssh: Option<bool>,
-    #[serde(default, deserialize_with = "some_ports")]
-    serve_ports: Option<Vec<u16>>,
-    serve_config: Option<PathBuf>,
-    serve: Option<Vec<crate::serve::Entry>>,
-    tailscale: Option<TailscaleLayer>,
-    hosts: Option<HostsLayer>,
+/// A setting's value as written: TOML gives each type, the environment strings. The
+/// configuration is read by walking the parsed TOML, not with serde's derive: that kept a
+/// hundred kilobytes of generic parser code out of the binary.
+enum Raw {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    /// Floats, dates and integers beyond i64, as written: no setting takes them.
+    Other(&'static str, String),
+    List(Vec<Spanned>),
+    Table(Vec<(Spanned, Spanned)>),
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostsLayer {
-    #[serde(default, deserialize_with = "some_bool")]
-    enabled: Option<bool>,
-    path: Option<PathBuf>,
-    #[serde(default, deserialize_with = "some_bool")]
-    ipv6: Option<bool>,
-    #[serde(default, deserialize_with = "some_bool")]
-    short_names: Option<bool>,
-    #[serde(default, deserialize_with = "some_bool")]
-    online_only: Option<bool>,
+/// A value (or a key, as a string) and where it is in the file (`None`: environment).
+struct Spanned {
+    raw: Raw,
+    at: Option<std::ops::Range<usize>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TailscaleLayer {
-    #[serde(default, deserialize_with = "some_enabled")]
-    enabled: Option<Enabled>,
-    tailscaled: Option<PathBuf>,
-    tailscale: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    #[serde(default, deserialize_with = "some_duration")]
-    boot_timeout: Option<Duration>,
-    hostname: Option<String>,
-    auth_key_file: Option<PathBuf>,
-    login_server: Option<String>,
-    #[serde(default, deserialize_with = "some_bool")]
-    accept_dns: Option<bool>,
-    #[serde(default, deserialize_with = "some_list")]
-    advertise_tags: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "some_list")]
-    advertise_routes: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "some_duration")]
-    up_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "some_args")]
-    extra_up_args: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "some_args")]
-    tailscaled_args: Option<Vec<String>>,
-    socks5_server: Option<String>,
-    http_proxy: Option<String>,
-    #[serde(default, deserialize_with = "some_bool")]
-    export_proxy_env: Option<bool>,
-    #[serde(default, deserialize_with = "some_level")]
-    log_level: Option<log::LevelFilter>,
-    log_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "some_bool")]
-    logout_on_exit: Option<bool>,
-    #[serde(default, deserialize_with = "some_bool")]
-    keep_caps: Option<bool>,
-}
-
-/// Copies every `Some` field of `$from` into `$to`.
-macro_rules! overlay {
-    ($from:expr, $to:expr, $($field:ident),+ $(,)?) => {
-        $(if let Some(v) = $from.$field { $to.$field = v; })+
-    };
-}
-
-impl Layer {
-    fn apply(self, config: &mut Config) {
-        overlay!(
-            self,
-            config,
-            signal_target,
-            grace_period,
-            escalate_after,
-            networking,
-            on_failure,
-            ssh,
-            serve_ports,
-            serve
-        );
-        if let Some(v) = self.serve_config {
-            config.serve_config = (!v.as_os_str().is_empty()).then_some(v);
-        }
-        if let Some(h) = self.hosts {
-            let c = &mut config.hosts;
-            overlay!(h, c, enabled, path, ipv6, short_names, online_only);
-        }
-        if let Some(t) = self.tailscale {
-            let c = &mut config.tailscale;
-            overlay!(t, c, enabled, state_dir, socket, boot_timeout, accept_dns);
-            overlay!(
-                t,
-                c,
-                advertise_tags,
-                advertise_routes,
-                up_timeout,
-                extra_up_args
-            );
-            overlay!(
-                t,
-                c,
-                tailscaled_args,
-                socks5_server,
-                http_proxy,
-                export_proxy_env
-            );
-            overlay!(t, c, log_level, logout_on_exit, keep_caps);
-            let optional = [
-                (t.tailscaled, &mut c.tailscaled),
-                (t.tailscale, &mut c.tailscale),
-                (t.auth_key_file, &mut c.auth_key_file),
-                (t.log_file, &mut c.log_file),
-            ];
-            for (value, slot) in optional {
-                if let Some(v) = value {
-                    *slot = (!v.as_os_str().is_empty()).then_some(v);
-                }
-            }
-            for (value, slot) in [
-                (t.hostname, &mut c.hostname),
-                (t.login_server, &mut c.login_server),
-            ] {
-                if let Some(v) = value {
-                    *slot = (!v.is_empty()).then_some(v);
-                }
-            }
+impl fmt::Display for Raw {
+    /// As serde's messages name values: integer `5`, string "x", ...
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Raw::Bool(b) => write!(f, "boolean `{b}`"),
+            Raw::Int(i) => write!(f, "integer `{i}`"),
+            Raw::Str(s) => write!(f, "string {s:?}"),
+            Raw::Other(kind, text) => write!(f, "{kind} `{text}`"),
+            Raw::List(_) => f.write_str("an array"),
+            Raw::Table(_) => f.write_str("a table"),
         }
     }
+}
+
+impl Raw {
+    fn from_toml(value: toml::Spanned<toml::de::DeValue<'_>>) -> Spanned {
+        use toml::de::DeValue;
+        let at = Some(value.span());
+        let raw = match value.into_inner() {
+            DeValue::String(s) => Raw::Str(s.into_owned()),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Raw::Int(n),
+                Err(_) => Raw::Other("integer", i.as_str().to_string()),
+            },
+            DeValue::Float(x) => Raw::Other("floating point", x.as_str().to_string()),
+            DeValue::Boolean(b) => Raw::Bool(b),
+            DeValue::Datetime(d) => Raw::Other("datetime", d.to_string()),
+            DeValue::Array(items) => Raw::List(items.into_iter().map(Raw::from_toml).collect()),
+            DeValue::Table(t) => Raw::Table(
+                t.into_iter()
+                    .map(|(k, v)| {
+                        let key = Spanned {
+                            at: Some(k.span()),
+                            raw: Raw::Str(k.into_inner().into_owned()),
+                        };
+                        (key, Raw::from_toml(v))
+                    })
+                    .collect(),
+            ),
+        };
+        Spanned { raw, at }
+    }
+
+    fn invalid(&self, expected: &str) -> String {
+        format!("invalid type: {self}, expected {expected}")
+    }
+
+    /// The string, or the serde-style type error.
+    fn str(&self, expected: &str) -> Result<&str, String> {
+        match self {
+            Raw::Str(s) => Ok(s),
+            _ => Err(self.invalid(expected)),
+        }
+    }
+
+    /// The strings of a list, or of one string split by `split`.
+    fn strings(&self, split: fn(&str) -> Vec<String>) -> Result<Vec<String>, String> {
+        match self {
+            Raw::Str(s) => Ok(split(s)),
+            Raw::List(items) => items
+                .iter()
+                .map(|i| i.raw.str("a string").map(str::to_string))
+                .collect(),
+            _ => Err(self.invalid("a list of strings")),
+        }
+    }
+}
+
+/// The variant named by `raw`, in serde's words when it is none of `names`.
+fn variant(raw: &Raw, names: &[&str]) -> Result<usize, String> {
+    let expected = match names {
+        [a, b] => format!("`{a}` or `{b}`"),
+        _ => format!(
+            "one of {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let s = raw.str(&expected)?;
+    names
+        .iter()
+        .position(|n| *n == s)
+        .ok_or_else(|| format!("unknown variant `{s}`, expected {expected}"))
 }
 
 /// A bool written as TOML `true`/`false`, or (from the environment) "true"/"false"/"1"/"0".
-fn some_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum B {
-        B(bool),
-        S(String),
-    }
-    match B::deserialize(d)? {
-        B::B(b) => Ok(Some(b)),
-        B::S(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(Some(true)),
-            "false" | "0" | "no" => Ok(Some(false)),
-            _ => Err(serde::de::Error::custom(format!(
-                "`{s}` is not a boolean: use true or false"
-            ))),
+fn bool_value(raw: &Raw) -> Result<bool, String> {
+    let b = match raw {
+        Raw::Bool(b) => Some(*b),
+        Raw::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
         },
-    }
+        _ => None,
+    };
+    b.ok_or_else(|| match raw {
+        Raw::Str(s) => format!("`{s}` is not a boolean: use true or false"),
+        _ => raw.invalid("true or false"),
+    })
 }
 
 /// Port numbers: a TOML array of integers, or one string of numbers separated by commas
 /// or spaces.
-fn some_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum P {
-        L(Vec<i64>),
-        S(String),
-    }
-    let numbers: Vec<i64> = match P::deserialize(d)? {
-        P::L(v) => v,
-        P::S(s) => s
+fn ports_value(raw: &Raw) -> Result<Vec<u16>, String> {
+    let one = |raw: &Raw| match raw {
+        Raw::Int(n) => crate::serve::check_port(*n),
+        Raw::Str(s) => s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a port number (1-65535)"))
+            .and_then(crate::serve::check_port),
+        _ => Err(raw.invalid("a port number")),
+    };
+    match raw {
+        Raw::List(items) => items.iter().map(|i| one(&i.raw)).collect(),
+        Raw::Str(s) => s
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.parse().map_err(|_| {
-                    serde::de::Error::custom(format!("`{p}` is not a port number (1-65535)"))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    numbers
-        .into_iter()
-        .map(|n| crate::serve::check_port(n).map_err(serde::de::Error::custom))
-        .collect::<Result<Vec<u16>, _>>()
-        .map(Some)
+            .map(|p| one(&Raw::Str(p.to_string())))
+            .collect(),
+        _ => Err(raw.invalid("a list of port numbers")),
+    }
 }
 
 /// `true`, `false` or "auto".
-fn some_enabled<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Enabled>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum E {
-        B(bool),
-        S(String),
-    }
-    match E::deserialize(d)? {
-        E::B(true) => Ok(Some(Enabled::Yes)),
-        E::B(false) => Ok(Some(Enabled::No)),
-        E::S(s) => match s.trim() {
-            "auto" => Ok(Some(Enabled::Auto)),
-            "true" | "1" => Ok(Some(Enabled::Yes)),
-            "false" | "0" => Ok(Some(Enabled::No)),
-            _ => Err(serde::de::Error::custom(format!(
-                "`{s}` is not allowed: use true, false or \"auto\""
-            ))),
+fn enabled_value(raw: &Raw) -> Result<Enabled, String> {
+    match raw {
+        Raw::Bool(true) => Ok(Enabled::Yes),
+        Raw::Bool(false) => Ok(Enabled::No),
+        Raw::Str(s) => match s.trim() {
+            "auto" => Ok(Enabled::Auto),
+            "true" | "1" => Ok(Enabled::Yes),
+            "false" | "0" => Ok(Enabled::No),
+            _ => Err(format!("`{s}` is not allowed: use true, false or \"auto\"")),
         },
+        _ => Err(raw.invalid("true, false or \"auto\"")),
     }
 }
 
 /// A list: a TOML array of strings, or one string of items separated by commas/spaces.
-fn some_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    split_list(d, |s| {
+fn list_value(raw: &Raw) -> Result<Vec<String>, String> {
+    raw.strings(|s| {
         s.split(|c: char| c == ',' || c.is_whitespace())
             .filter(|p| !p.is_empty())
             .map(str::to_string)
@@ -452,72 +393,248 @@ fn some_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::
 }
 
 /// Command-line arguments: a TOML array, or one string split at whitespace (no quoting).
-fn some_args<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    split_list(d, |s| s.split_whitespace().map(str::to_string).collect())
-}
-
-fn split_list<'de, D: Deserializer<'de>>(
-    d: D,
-    split: fn(&str) -> Vec<String>,
-) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L {
-        L(Vec<String>),
-        S(String),
-    }
-    Ok(Some(match L::deserialize(d)? {
-        L::L(v) => v,
-        L::S(s) => split(&s),
-    }))
+fn args_value(raw: &Raw) -> Result<Vec<String>, String> {
+    raw.strings(|s| s.split_whitespace().map(str::to_string).collect())
 }
 
 /// A log level: "off", "error", "warn", "info", "debug" or "trace".
-fn some_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<log::LevelFilter>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.trim().parse().map(Some).map_err(|_| {
-        serde::de::Error::custom(format!(
-            "`{s}` is not a log level: use \"off\", \"error\", \"warn\", \"info\", \"debug\" or \"trace\""
-        ))
+fn level_value(raw: &Raw) -> Result<log::LevelFilter, String> {
+    const LEVELS: &str = "\"off\", \"error\", \"warn\", \"info\", \"debug\" or \"trace\"";
+    let s = raw.str(&format!("a log level: {LEVELS}"))?;
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a log level: use {LEVELS}"))
+}
+
+/// A duration such as "5s"; with `allow_off`, "off" is `None`.
+fn duration_value(raw: &Raw, allow_off: bool) -> Result<Option<Duration>, String> {
+    let off = if allow_off { ", or \"off\"" } else { "" };
+    let s = raw.str(&format!("{}{off}", duration::EXPECTED))?;
+    if allow_off && s.trim() == "off" {
+        return Ok(None);
+    }
+    duration::parse(s)
+        .map(Some)
+        .map_err(|msg| format!("{msg}{off}"))
+}
+
+/// A path; "" is `None`.
+fn optional_path(raw: &Raw) -> Result<Option<PathBuf>, String> {
+    let s = raw.str("a path")?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// Sets the setting `key` (one of [`KEYS`]) from `raw`.
+fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), String> {
+    let t = &mut config.tailscale;
+    let h = &mut config.hosts;
+    let text = |raw: &Raw| raw.str("a string").map(str::to_string);
+    let optional_text = |raw: &Raw| text(raw).map(|s| (!s.is_empty()).then_some(s));
+    match key {
+        "signal_target" => {
+            config.signal_target =
+                [SignalTarget::Process, SignalTarget::Group][variant(raw, &["process", "group"])?];
+        }
+        "grace_period" => config.grace_period = duration_value(raw, false)?.unwrap_or_default(),
+        "escalate_after" => config.escalate_after = duration_value(raw, true)?,
+        "networking" => {
+            config.networking = [Networking::Kernel, Networking::Userspace, Networking::Auto]
+                [variant(raw, &["kernel", "userspace", "auto"])?];
+        }
+        "on_failure" => {
+            config.on_failure =
+                [OnFailure::Exit, OnFailure::Continue][variant(raw, &["exit", "continue"])?];
+        }
+        "ssh" => config.ssh = bool_value(raw)?,
+        "serve_ports" => config.serve_ports = ports_value(raw)?,
+        "serve_config" => config.serve_config = optional_path(raw)?,
+        "tailscale.enabled" => t.enabled = enabled_value(raw)?,
+        "tailscale.tailscaled" => t.tailscaled = optional_path(raw)?,
+        "tailscale.tailscale" => t.tailscale = optional_path(raw)?,
+        "tailscale.state_dir" => t.state_dir = PathBuf::from(text(raw)?),
+        "tailscale.socket" => t.socket = PathBuf::from(text(raw)?),
+        "tailscale.boot_timeout" => {
+            t.boot_timeout = duration_value(raw, false)?.unwrap_or_default()
+        }
+        "tailscale.hostname" => t.hostname = optional_text(raw)?,
+        "tailscale.auth_key_file" => t.auth_key_file = optional_path(raw)?,
+        "tailscale.login_server" => t.login_server = optional_text(raw)?,
+        "tailscale.accept_dns" => t.accept_dns = bool_value(raw)?,
+        "tailscale.advertise_tags" => t.advertise_tags = list_value(raw)?,
+        "tailscale.advertise_routes" => t.advertise_routes = list_value(raw)?,
+        "tailscale.up_timeout" => t.up_timeout = duration_value(raw, false)?.unwrap_or_default(),
+        "tailscale.extra_up_args" => t.extra_up_args = args_value(raw)?,
+        "tailscale.tailscaled_args" => t.tailscaled_args = args_value(raw)?,
+        "tailscale.socks5_server" => t.socks5_server = text(raw)?,
+        "tailscale.http_proxy" => t.http_proxy = text(raw)?,
+        "tailscale.export_proxy_env" => t.export_proxy_env = bool_value(raw)?,
+        "tailscale.log_level" => t.log_level = level_value(raw)?,
+        "tailscale.log_file" => t.log_file = optional_path(raw)?,
+        "tailscale.logout_on_exit" => t.logout_on_exit = bool_value(raw)?,
+        "tailscale.keep_caps" => t.keep_caps = bool_value(raw)?,
+        "hosts.enabled" => h.enabled = bool_value(raw)?,
+        "hosts.path" => h.path = PathBuf::from(text(raw)?),
+        "hosts.ipv6" => h.ipv6 = bool_value(raw)?,
+        "hosts.short_names" => h.short_names = bool_value(raw)?,
+        "hosts.online_only" => h.online_only = bool_value(raw)?,
+        _ => return Err(format!("unknown setting `{key}`")),
+    }
+    Ok(())
+}
+
+/// A `[[serve]]` table.
+fn serve_entry(
+    fields: &[(Spanned, Spanned)],
+) -> Result<crate::serve::Entry, (Option<std::ops::Range<usize>>, String)> {
+    const FIELDS: [&str; 4] = ["proto", "port", "target", "path"];
+    let mut found: [Option<&Spanned>; 4] = [None; 4];
+    for (key, value) in fields {
+        let name = key.raw.str("a key").unwrap_or_default();
+        match FIELDS.iter().position(|f| *f == name) {
+            Some(i) => found[i] = Some(value),
+            None => {
+                return Err((
+                    key.at.clone(),
+                    format!(
+                        "unknown field `{name}`, expected one of {}",
+                        backticked(&FIELDS)
+                    ),
+                ));
+            }
+        }
+    }
+    let missing = |i: usize| (None, format!("missing field `{}`", FIELDS[i]));
+    let at = |v: &Spanned, name: &str, msg: String| (v.at.clone(), format!("`{name}`: {msg}"));
+    let [Some(proto), Some(port), Some(target), path] = found else {
+        let i = found.iter().position(Option::is_none).unwrap_or_default();
+        return Err(missing(i));
+    };
+    let proto_name = proto
+        .raw
+        .str("a protocol")
+        .map_err(|m| at(proto, "proto", m))?;
+    crate::serve::Proto::parse(proto_name).map_err(|m| at(proto, "proto", m))?;
+    let port_number = match &port.raw {
+        Raw::Int(n) => *n,
+        other => return Err(at(port, "port", other.invalid("a port number"))),
+    };
+    let target_text = target
+        .raw
+        .str("a string")
+        .map_err(|m| at(target, "target", m))?;
+    let path_text = match path {
+        None => None,
+        Some(p) => Some(p.raw.str("a string").map_err(|m| at(p, "path", m))?),
+    };
+    crate::serve::Entry::new(proto_name, port_number, target_text, path_text).map_err(|m| {
+        (
+            target.at.clone(),
+            format!("[[serve]] port {port_number}: {m}"),
+        )
     })
 }
 
-struct DurationVisitor {
-    allow_off: bool,
+fn backticked(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-impl serde::de::Visitor<'_> for DurationVisitor {
-    type Value = Option<Duration>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(duration::EXPECTED)?;
-        if self.allow_off {
-            f.write_str(", or \"off\"")?;
+/// Applies a configuration file's `text` (named `origin` in errors) to `config`.
+fn apply_file(config: &mut Config, text: &str, origin: &str) -> Result<(), ConfigError> {
+    let located = |at: Option<std::ops::Range<usize>>, message: String| {
+        let origin = match at {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                format!("{origin}:{line}:{column}")
+            }
+            None => origin.to_string(),
+        };
+        ConfigError { origin, message }
+    };
+    let table = toml::de::DeTable::parse(text)
+        .map_err(|e| located(e.span(), e.message().trim().to_string()))?;
+    let root = Raw::from_toml(toml::Spanned::new(
+        table.span(),
+        toml::de::DeValue::Table(table.into_inner()),
+    ));
+    let Raw::Table(fields) = root.raw else {
+        return Ok(());
+    };
+    const SECTIONS: [&str; 3] = ["serve", "tailscale", "hosts"];
+    let in_section = |section: &str| -> Vec<&str> {
+        KEYS.iter()
+            .filter_map(|k| match k.split_once('.') {
+                Some((s, leaf)) if s == section => Some(leaf),
+                None if section.is_empty() => Some(*k),
+                _ => None,
+            })
+            .collect()
+    };
+    let unknown = |key: &Spanned, name: &str, mut allowed: Vec<&str>, top: bool| {
+        if top {
+            allowed.extend(SECTIONS);
         }
-        Ok(())
+        located(
+            key.at.clone(),
+            format!(
+                "unknown field `{name}`, expected one of {}",
+                backticked(&allowed)
+            ),
+        )
+    };
+    for (key, value) in &fields {
+        let name = key.raw.str("a key").unwrap_or_default();
+        match name {
+            "serve" => {
+                let Raw::List(entries) = &value.raw else {
+                    return Err(located(
+                        value.at.clone(),
+                        format!("`serve`: {}", value.raw.invalid("[[serve]] tables")),
+                    ));
+                };
+                let mut out = Vec::new();
+                for entry in entries {
+                    let Raw::Table(fields) = &entry.raw else {
+                        return Err(located(
+                            entry.at.clone(),
+                            format!("`serve`: {}", entry.raw.invalid("a [[serve]] table")),
+                        ));
+                    };
+                    out.push(
+                        serve_entry(fields)
+                            .map_err(|(at, m)| located(at.or(entry.at.clone()), m))?,
+                    );
+                }
+                config.serve = out;
+            }
+            "tailscale" | "hosts" => {
+                let Raw::Table(inner) = &value.raw else {
+                    return Err(located(
+                        value.at.clone(),
+                        format!("`{name}`: {}", value.raw.invalid("a table")),
+                    ));
+                };
+                for (k, v) in inner {
+                    let leaf = k.raw.str("a key").unwrap_or_default();
+                    let full = format!("{name}.{leaf}");
+                    if !KEYS.contains(&full.as_str()) {
+                        return Err(unknown(k, leaf, in_section(name), false));
+                    }
+                    set(config, &full, &v.raw)
+                        .map_err(|m| located(v.at.clone(), format!("`{leaf}`: {m}")))?;
+                }
+            }
+            _ if KEYS.contains(&name) && !name.contains('.') => {
+                set(config, name, &value.raw)
+                    .map_err(|m| located(value.at.clone(), format!("`{name}`: {m}")))?;
+            }
+            _ => return Err(unknown(key, name, in_section(""), true)),
+        }
     }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if self.allow_off && v.trim() == "off" {
-            return Ok(None);
-        }
-        match duration::parse(v) {
-            Ok(d) => Ok(Some(d)),
-            Err(msg) if self.allow_off => Err(E::custom(format!("{msg}, or \"off\""))),
-            Err(msg) => Err(E::custom(msg)),
-        }
-    }
-}
-
-fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_str(DurationVisitor { allow_off: false })
-}
-
-fn some_duration_or_off<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<Duration>>, D::Error> {
-    d.deserialize_str(DurationVisitor { allow_off: true })
-        .map(Some)
+    Ok(())
 }
 
 /// A setting that cannot be used, with where it was found.
@@ -577,28 +694,24 @@ pub fn from_text(
         source: origin.to_string(),
         ..Config::default()
     };
-    parse_layer(text, origin)?.apply(&mut config);
+    apply_file(&mut config, text, origin)?;
     let containerboot = CONTAINERBOOT_ENV
         .iter()
         .map(|&(name, key)| (name.to_string(), key));
     let ours = KEYS.iter().map(|&key| (env_name(key), key));
     for (name, key) in containerboot.chain(ours) {
-        let Some(mut value) = env(&name) else {
+        let Some(value) = env(&name) else {
             continue;
         };
-        if name == "TS_USERSPACE" {
-            value = match value.trim() {
-                "true" | "1" => "userspace".to_string(),
-                "false" | "0" => "kernel".to_string(),
-                _ => value,
-            };
-        }
-        let snippet = format!("{key} = {}", toml_string(&value));
-        let layer: Layer = toml::from_str(&snippet).map_err(|e| ConfigError {
+        let raw = match (name.as_str(), value.trim()) {
+            ("TS_USERSPACE", "true" | "1") => Raw::Str("userspace".to_string()),
+            ("TS_USERSPACE", "false" | "0") => Raw::Str("kernel".to_string()),
+            _ => Raw::Str(value.clone()),
+        };
+        set(&mut config, key, &raw).map_err(|message| ConfigError {
             origin: format!("{name}={value:?}"),
-            message: e.message().trim().to_string(),
+            message,
         })?;
-        layer.apply(&mut config);
     }
     crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
         origin: match env(&env_name("serve_ports")) {
@@ -621,29 +734,6 @@ fn choose_file(cli_path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) ->
     default.exists().then(|| default.to_path_buf())
 }
 
-fn parse_layer(text: &str, origin: &str) -> Result<Layer, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_string();
-        let Some(span) = e.span() else {
-            return ConfigError {
-                origin: origin.to_string(),
-                message,
-            };
-        };
-        let (line, column) = line_column(text, span.start);
-        let message = match key_at(text, span.start) {
-            Some(key) if !message.contains(&format!("`{key}`")) => {
-                format!("`{key}`: {message}")
-            }
-            _ => message,
-        };
-        ConfigError {
-            origin: format!("{origin}:{line}:{column}"),
-            message,
-        }
-    })
-}
-
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -654,30 +744,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
-}
-
-/// The key of the `key = value` line on which byte `offset` lies within the value.
-fn key_at(text: &str, offset: usize) -> Option<&str> {
-    let before = text.get(..offset.min(text.len()))?;
-    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
-    let key = line[..line.find('=')?].trim();
-    (!key.is_empty()).then_some(key)
-}
-
-/// `value` as a TOML basic string.
-fn toml_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -695,9 +761,8 @@ mod tests {
 
     #[test]
     fn embedded_default_is_all_defaults() {
-        let layer = parse_layer(EMBEDDED, "embedded").unwrap();
         let mut config = Config::default();
-        layer.apply(&mut config);
+        apply_file(&mut config, EMBEDDED, "embedded").unwrap();
         assert_eq!(config, Config::default());
     }
 
@@ -733,7 +798,7 @@ mod tests {
             );
         }
         let mut config = Config::default();
-        parse_layer(&uncommented, "x").unwrap().apply(&mut config);
+        apply_file(&mut config, &uncommented, "x").unwrap();
         assert_eq!(config, Config::default());
     }
 
@@ -909,7 +974,8 @@ mod tests {
             (
                 "[[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"x\"\n",
                 &[][..],
-                "FILE:1:1: target `x` is not a port or host:port (e.g. \"127.0.0.1:9999\")",
+                "FILE:4:10: [[serve]] port 1: target `x` is not a port or host:port (e.g. \
+                 \"127.0.0.1:9999\")",
             ),
             (
                 "[[serve]]\nproto = \"tcp\"\nport = 1\n",

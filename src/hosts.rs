@@ -124,7 +124,7 @@ pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
             }
         }
     }
-    out.sort();
+    out.sort_unstable();
     out.dedup();
     out
 }

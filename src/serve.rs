@@ -11,12 +11,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 /// How a served port is handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     /// Raw TCP forwarded to the target.
     Tcp,
@@ -26,6 +24,29 @@ pub enum Proto {
     Http,
     /// HTTPS with the node's certificate, proxied to the target URL.
     Https,
+}
+
+const PROTOS: [(&str, Proto); 4] = [
+    ("tcp", Proto::Tcp),
+    ("tls-terminated-tcp", Proto::TlsTerminatedTcp),
+    ("http", Proto::Http),
+    ("https", Proto::Https),
+];
+
+impl Proto {
+    /// From its name in the configuration.
+    pub fn parse(name: &str) -> Result<Proto, String> {
+        PROTOS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                format!(
+                    "unknown variant `{name}`, expected one of `tcp`, `tls-terminated-tcp`, \
+                     `http`, `https`"
+                )
+            })
+    }
 }
 
 impl fmt::Display for Proto {
@@ -40,8 +61,7 @@ impl fmt::Display for Proto {
 }
 
 /// One `[[serve]]` entry, checked and with its target in canonical form.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawEntry")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub proto: Proto,
     pub port: u16,
@@ -51,26 +71,17 @@ pub struct Entry {
     pub path: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEntry {
-    proto: Proto,
-    port: i64,
-    target: String,
-    path: Option<String>,
-}
-
-impl TryFrom<RawEntry> for Entry {
-    type Error = String;
-
-    fn try_from(raw: RawEntry) -> Result<Entry, String> {
-        let port = check_port(raw.port)?;
-        let target = raw.target.trim();
-        let target = match raw.proto {
+impl Entry {
+    /// Checks an entry as written in the configuration.
+    pub fn new(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
+        let proto = Proto::parse(proto)?;
+        let port = check_port(port)?;
+        let target = target.trim();
+        let target = match proto {
             Proto::Tcp | Proto::TlsTerminatedTcp => tcp_target(target)?,
             Proto::Http | Proto::Https => web_target(target)?,
         };
-        let path = match (raw.proto, raw.path) {
+        let path = match (proto, path.map(str::to_string)) {
             (Proto::Tcp | Proto::TlsTerminatedTcp, Some(_)) => {
                 return Err(format!(
                     "`path` is only for http and https entries (port {port})"
@@ -85,7 +96,7 @@ impl TryFrom<RawEntry> for Entry {
             }
         };
         Ok(Entry {
-            proto: raw.proto,
+            proto,
             port,
             target,
             path,
@@ -488,7 +499,7 @@ pub fn describe(config: &Value) -> Vec<String> {
         .iter()
         .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
         .collect();
-    ports.sort_by_key(|(p, _)| *p);
+    ports.sort_unstable_by_key(|(p, _)| *p);
     let mut out = Vec::new();
     for (port, h) in ports {
         let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default();
@@ -530,7 +541,7 @@ pub fn describe(config: &Value) -> Vec<String> {
                 )
             })
             .collect();
-        handlers.sort();
+        handlers.sort_unstable();
         if handlers.is_empty() {
             out.push(format!("{proto} {port} (no handler)"));
         }
@@ -572,13 +583,7 @@ mod tests {
     use super::*;
 
     fn entry(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
-        let proto = serde_json::from_value(json!(proto)).map_err(|e| e.to_string())?;
-        Entry::try_from(RawEntry {
-            proto,
-            port,
-            target: target.to_string(),
-            path: path.map(str::to_string),
-        })
+        Entry::new(proto, port, target, path)
     }
 
     #[test]

@@ -103,8 +103,8 @@ pub enum Plan {
 fn same_set(a: &[String], b: &[String]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();
-    a.sort();
-    b.sort();
+    a.sort_unstable();
+    b.sort_unstable();
     a == b
 }
 
