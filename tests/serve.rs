@@ -303,99 +303,62 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
 
     // A broken file stops tsinit before anything starts: one error naming it.
     std::fs::write(&file, "{\"TCP\": ").unwrap();
-    let marker = dir.path().join("workload-ran");
-    let script = format!("touch {}", marker.display());
-    let mut cmd = node(
-        &ns,
-        &control,
-        dir.path(),
-        "tsinit-test",
-        "userspace",
-        "",
-        &["--", "sh", "-c", &script],
+    let needle = format!(
+        "{}: serve_config (TS_SERVE_CONFIG): not JSON",
+        file.display()
     );
-    cmd.env("TS_SERVE_CONFIG", &file)
-        .env("TSINIT_ON_FAILURE", "continue");
-    let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 78, "{}", r.stderr());
-    let err = r.stderr();
-    assert!(
-        err.contains(&format!(
-            "{}: serve_config (TS_SERVE_CONFIG): not JSON",
-            file.display()
-        )),
-        "{err}"
-    );
+    let err = refused(&ns, &control, dir.path(), "", Some(&file), 78, &needle);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(!marker.exists());
 
     // And a file serving a port a [[serve]] entry serves too.
     std::fs::write(&file, r#"{"TCP": {"22": {"TCPForward": "127.0.0.1:22"}}}"#).unwrap();
     let clash = "[[serve]]\nproto = \"tcp\"\nport = 22\ntarget = \"2222\"\n";
-    let mut cmd = node(
-        &ns,
-        &control,
-        dir.path(),
-        "tsinit-test",
-        "userspace",
-        clash,
-        &["--", "sh", "-c", &script],
-    );
-    cmd.env("TS_SERVE_CONFIG", &file);
-    let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 78, "{}", r.stderr());
-    assert!(
-        r.stderr()
-            .contains("port 22 is served by the file and by [[serve]]"),
-        "{}",
-        r.stderr()
-    );
-    assert!(!marker.exists());
+    let needle = "port 22 is served by the file and by [[serve]]";
+    refused(&ns, &control, dir.path(), clash, Some(&file), 78, needle);
 
     // So does a bad [[serve]] entry.
     let bad = "[[serve]]\nproto = \"tcp\"\nport = 22\ntarget = \"ssh-server\"\n";
-    let mut r = Running::start(node(
-        &ns,
-        &control,
-        dir.path(),
-        "tsinit-test",
-        "userspace",
-        bad,
-        &["--", "sh", "-c", &script],
-    ));
-    assert_eq!(r.code(), 78, "{}", r.stderr());
-    assert!(
-        r.stderr()
-            .contains("target `ssh-server` is not a port or host:port"),
-        "{}",
-        r.stderr()
-    );
-    assert!(!marker.exists());
+    let needle = "target `ssh-server` is not a port or host:port";
+    refused(&ns, &control, dir.path(), bad, None, 78, needle);
+}
+
+/// Runs a node with `toml` (and TS_SERVE_CONFIG=`serve_config`), which must stop with
+/// `code` and `needle` in its error before the workload ever runs, also with
+/// on_failure = "continue"; returns the error output.
+fn refused(
+    ns: &NetNs,
+    control: &TestControl,
+    dir: &Path,
+    toml: &str,
+    serve_config: Option<&Path>,
+    code: i32,
+    needle: &str,
+) -> String {
+    let marker = dir.join("workload-ran");
+    let script = format!("touch {}", marker.display());
+    let args = ["--", "sh", "-c", &script];
+    let mut cmd = node(ns, control, dir, "tsinit-test", "userspace", toml, &args);
+    if code == 78 {
+        // Bad input is not a failure to reach the tailnet: no going on regardless.
+        cmd.env("TSINIT_ON_FAILURE", "continue");
+    }
+    if let Some(file) = serve_config {
+        cmd.env("TS_SERVE_CONFIG", file);
+    }
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), code, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains(needle), "{needle}: {err}");
+    assert!(!marker.exists(), "the workload ran");
+    err
 }
 
 #[test]
 fn ssh_the_tailnet_does_not_allow_fails_the_bring_up() {
     let (ns, control, dir) = one_node("ssh-refused");
     control.set_ssh_enabled(false);
-    let marker = dir.path().join("workload-ran");
-    let script = format!("touch {}", marker.display());
-    let mut r = Running::start(node(
-        &ns,
-        &control,
-        dir.path(),
-        "tsinit-test",
-        "userspace",
-        "ssh = true\n",
-        &["--", "sh", "-c", &script],
-    ));
-    assert_eq!(r.code(), 69, "{}", r.stderr());
-    assert!(
-        r.stderr()
-            .contains("this tailnet has not enabled Tailscale SSH for this node"),
-        "{}",
-        r.stderr()
-    );
-    assert!(!marker.exists());
+    let needle = "this tailnet has not enabled Tailscale SSH for this node";
+    refused(&ns, &control, dir.path(), "ssh = true\n", None, 69, needle);
 }
 
 /// Two namespaces joined by a veth, the control server in the first.
@@ -409,20 +372,7 @@ impl Pair {
     fn new() -> Pair {
         let a = NetNs::new();
         let b = NetNs::new();
-        let ip = |args: &[&str]| {
-            assert!(
-                Command::new("ip").args(args).status().unwrap().success(),
-                "ip {args:?}"
-            );
-        };
-        ip(&[
-            "-n", &a.name, "link", "add", "to-b", "type", "veth", "peer", "name", "to-a", "netns",
-            &b.name,
-        ]);
-        ip(&["-n", &a.name, "addr", "add", "10.232.0.1/24", "dev", "to-b"]);
-        ip(&["-n", &b.name, "addr", "add", "10.232.0.2/24", "dev", "to-a"]);
-        ip(&["-n", &a.name, "link", "set", "to-b", "up"]);
-        ip(&["-n", &b.name, "link", "set", "to-a", "up"]);
+        a.join(&b, "10.232.0");
         let control = TestControl::start_in_netns(&a.name, "10.232.0.1:0").expect("control");
         control.set_valid_keys(&[KEY]);
         Pair { control, a, b }

@@ -250,20 +250,7 @@ fn two_nodes_find_each_other_by_name_and_talk_over_the_tailnet() {
     let machine_hosts = std::fs::read("/etc/hosts").unwrap();
     let a = NetNs::new();
     let b = NetNs::new();
-    let ip = |args: &[&str]| {
-        assert!(
-            Command::new("ip").args(args).status().unwrap().success(),
-            "ip {args:?}"
-        );
-    };
-    ip(&[
-        "-n", &a.name, "link", "add", "to-b", "type", "veth", "peer", "name", "to-a", "netns",
-        &b.name,
-    ]);
-    ip(&["-n", &a.name, "addr", "add", "10.231.0.1/24", "dev", "to-b"]);
-    ip(&["-n", &b.name, "addr", "add", "10.231.0.2/24", "dev", "to-a"]);
-    ip(&["-n", &a.name, "link", "set", "to-b", "up"]);
-    ip(&["-n", &b.name, "link", "set", "to-a", "up"]);
+    a.join(&b, "10.231.0");
     let control = TestControl::start_in_netns(&a.name, "10.231.0.1:0").expect("control");
     control.set_valid_keys(&[KEY]);
 

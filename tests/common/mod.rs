@@ -441,6 +441,46 @@ impl NetNs {
         assert!(status.success(), "ip {args:?} failed");
     }
 
+    /// Joins this namespace to `other` with a veth pair: `<net>.1/24` here (device
+    /// `to-b`), `<net>.2/24` there (`to-a`); `net` is like "10.231.0".
+    pub fn join(&self, other: &NetNs, net: &str) {
+        let ip = |args: &[&str]| self.ip(args);
+        ip(&[
+            "-n",
+            &self.name,
+            "link",
+            "add",
+            "to-b",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "to-a",
+            "netns",
+            &other.name,
+        ]);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{net}.1/24"),
+            "dev",
+            "to-b",
+        ]);
+        ip(&[
+            "-n",
+            &other.name,
+            "addr",
+            "add",
+            &format!("{net}.2/24"),
+            "dev",
+            "to-a",
+        ]);
+        ip(&["-n", &self.name, "link", "set", "to-b", "up"]);
+        ip(&["-n", &other.name, "link", "set", "to-a", "up"]);
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
