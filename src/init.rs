@@ -117,6 +117,10 @@ enum Remaining {
 pub trait Service {
     /// When the service next needs attention (a restart due), if ever.
     fn deadline(&self) -> Option<Instant>;
+    /// Descriptors whose readability also needs its attention (`tend`).
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
+    }
     /// Looks after the service: notices its exit, restarts it when due.
     fn tend(&mut self, init: &mut Init);
     /// Its processes, left alone by the leftover sweep.
@@ -129,6 +133,9 @@ pub trait Service {
 impl<S: Service> Service for Option<S> {
     fn deadline(&self) -> Option<Instant> {
         self.as_ref().and_then(|s| s.deadline())
+    }
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.as_ref().map(|s| s.fds()).unwrap_or_default()
     }
     fn tend(&mut self, init: &mut Init) {
         if let Some(s) = self {
@@ -339,7 +346,8 @@ impl Init {
             if let Some(exit) = self.workload_exit {
                 return exit;
             }
-            self.pump(services.deadline(), &[]);
+            let deadline = services.deadline();
+            self.pump(deadline, &services.fds());
         }
     }
 

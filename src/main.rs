@@ -116,7 +116,7 @@ fn run(args: Vec<OsString>) -> i32 {
         tailnet.stop(&mut init);
         return fail(e);
     }
-    if let Some(t) = &tailnet {
+    if let Some(t) = tailnet.as_mut() {
         t.connect_hosts(); // now, so its first sync does not delay the workload
     }
 

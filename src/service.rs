@@ -100,6 +100,9 @@ pub struct Tailnet {
     /// Whether this bring-up changed the node's hostname (its DNS name follows once
     /// control answers).
     renamed: bool,
+    /// Watches the serve config file's directory once the workload runs: a change is
+    /// applied at once, as the official image does.
+    serve_watch: Option<Inotify>,
     serve: ServeSetup,
 }
 
@@ -321,6 +324,7 @@ pub fn prepare(
         },
         hosts_synced: false,
         renamed: false,
+        serve_watch: None,
         serve,
     }))
 }
@@ -688,10 +692,56 @@ impl Tailnet {
     }
 
     /// Lets the /etc/hosts watcher connect: called once the workload has started (or
-    /// failed to), so following the bus does not compete with the bring-up.
-    pub fn connect_hosts(&self) {
+    /// failed to), so following the bus does not compete with the bring-up. Also starts
+    /// watching the serve config file.
+    pub fn connect_hosts(&mut self) {
         if let Some(h) = &self.hosts {
             h.connect();
+        }
+        if self.serve_watch.is_none()
+            && let Some(path) = &self.serve.file
+        {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            // Whole-file events only: an editor's close after writing, a rename into
+            // place (also Kubernetes' swap of a mounted ConfigMap's `..data`).
+            let flags = AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE;
+            match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .and_then(|i| i.add_watch(dir, flags).map(|_| i))
+            {
+                Ok(watch) => self.serve_watch = Some(watch),
+                Err(e) => warn!(
+                    "cannot watch {} ({e}): changes to the serve config file apply at the \
+                     next start",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// The serve config file's directory changed: apply the file again (if tailscaled
+    /// is up; otherwise its next bring-up reads it anyway).
+    fn serve_file_changed(&mut self) {
+        let Some(watch) = &self.serve_watch else {
+            return;
+        };
+        let mut changed = false;
+        while let Ok(events) = watch.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            changed = true;
+        }
+        if !changed || self.daemon.is_none() || self.retry_at.is_some() {
+            return;
+        }
+        if let Err(BringupError::Failed(why)) = self.apply_serve() {
+            warn!("{why}");
         }
     }
 
@@ -1228,7 +1278,12 @@ impl Service for Tailnet {
         self.retry_at
     }
 
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.serve_watch.iter().map(|w| w.as_fd()).collect()
+    }
+
     fn tend(&mut self, init: &mut Init) {
+        self.serve_file_changed();
         if let Some(d) = &self.daemon
             && let Some(exit) = init.take_exit(d.pid)
         {

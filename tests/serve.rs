@@ -270,9 +270,14 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
     )
     .unwrap();
     let out = dir.path().join("served.json");
-    let script = format!(
+    let go = dir.path().join("go");
+    let dump = format!(
         "tailscale --socket=\"$TS_SOCKET\" serve status --json > {}",
         out.display()
+    );
+    let script = format!(
+        "{dump} && echo applied; while [ ! -e {go} ]; do sleep 0.05; done; {dump}.later",
+        go = go.display()
     );
     let mut cmd = node(
         &ns,
@@ -285,7 +290,7 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
     );
     cmd.env("TS_SERVE_CONFIG", &file);
     let mut r = Running::start(cmd);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
+    r.wait_stdout("applied");
     assert_eq!(
         served(&out),
         json!({
@@ -299,6 +304,25 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
             .contains("serve: https on port 443 needs a TLS certificate, but HTTPS is not enabled"),
         "{}",
         r.stderr()
+    );
+
+    // The file is replaced while the workload runs (as an orchestrator updates a mounted
+    // file): the change is applied at once.
+    let next = dir.path().join("serve.json.new");
+    std::fs::write(
+        &next,
+        r#"{"TCP": {"2222": {"TCPForward": "127.0.0.1:22"}}}"#,
+    )
+    .unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    r.wait_output(true, Duration::from_secs(10), |e| {
+        e.contains("serve: + TCP 2222")
+    });
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(
+        served(&out.with_extension("json.later")),
+        json!({"TCP": {"2222": {"TCPForward": "127.0.0.1:22"}}})
     );
 
     // A broken file stops tsinit before anything starts: one error naming it.
