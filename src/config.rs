@@ -503,34 +503,63 @@ fn serve_entry(
             }
         }
     }
-    let missing = |i: usize| (None, format!("missing field `{}`", FIELDS[i]));
-    let at = |v: &Spanned, name: &str, msg: String| (v.at.clone(), format!("`{name}`: {msg}"));
-    let [Some(proto), Some(port), Some(target), path] = found else {
-        let i = found.iter().position(Option::is_none).unwrap_or_default();
-        return Err(missing(i));
-    };
-    let proto_name = proto
-        .raw
-        .str("a protocol")
-        .map_err(|m| at(proto, "proto", m))?;
-    crate::serve::Proto::parse(proto_name).map_err(|m| at(proto, "proto", m))?;
-    let port_number = match &port.raw {
-        Raw::Int(n) => *n,
-        other => return Err(at(port, "port", other.invalid("a port number"))),
-    };
-    let target_text = target
-        .raw
-        .str("a string")
-        .map_err(|m| at(target, "target", m))?;
-    let path_text = match path {
+    // The fields given are checked first, then whether one is missing.
+    type Error = (Option<std::ops::Range<usize>>, String);
+    fn at(v: &Spanned, name: &str, msg: String) -> Error {
+        (v.at.clone(), format!("`{name}`: {msg}"))
+    }
+    fn text<'a>(
+        v: Option<&'a Spanned>,
+        name: &str,
+    ) -> Result<Option<(String, &'a Spanned)>, Error> {
+        match v {
+            Some(v) => {
+                let s = v.raw.str("a string").map_err(|m| at(v, name, m))?;
+                Ok(Some((s.to_string(), v)))
+            }
+            None => Ok(None),
+        }
+    }
+    let [proto, port, target, path] = found;
+    let proto = match proto {
+        Some(v) => Some(
+            v.raw
+                .str("a protocol")
+                .and_then(crate::serve::Proto::parse)
+                .map_err(|m| at(v, "proto", m))?,
+        ),
         None => None,
-        Some(p) => Some(p.raw.str("a string").map_err(|m| at(p, "path", m))?),
     };
-    crate::serve::Entry::new(proto_name, port_number, target_text, path_text).map_err(|m| {
-        (
-            target.at.clone(),
-            format!("[[serve]] port {port_number}: {m}"),
-        )
+    let port = match port {
+        Some(v) => Some(match &v.raw {
+            Raw::Int(n) => crate::serve::check_port(*n).map_err(|m| at(v, "port", m))?,
+            other => return Err(at(v, "port", other.invalid("a port number"))),
+        }),
+        None => None,
+    };
+    let target = text(target, "target")?;
+    let path = text(path, "path")?;
+    let missing = |i: usize| Err((None, format!("[[serve]]: missing field `{}`", FIELDS[i])));
+    let (Some(proto), Some(port), Some((target, target_at))) = (proto, port, target) else {
+        let i = [proto.is_none(), port.is_none(), true]
+            .iter()
+            .position(|m| *m)
+            .unwrap_or_default();
+        return missing(i);
+    };
+    let target =
+        crate::serve::Entry::target(proto, &target).map_err(|m| at(target_at, "target", m))?;
+    let path = match &path {
+        Some((p, p_at)) => {
+            crate::serve::Entry::path(proto, Some(p)).map_err(|m| at(p_at, "path", m))?
+        }
+        None => crate::serve::Entry::path(proto, None).map_err(|m| (None, m))?,
+    };
+    Ok(crate::serve::Entry {
+        proto,
+        port,
+        target,
+        path,
     })
 }
 
@@ -554,8 +583,14 @@ fn apply_file(config: &mut Config, text: &str, origin: &str) -> Result<(), Confi
         };
         ConfigError { origin, message }
     };
-    let table = toml::de::DeTable::parse(text)
-        .map_err(|e| located(e.span(), e.message().trim().to_string()))?;
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        let message = match e.span().and_then(|span| key_at(text, span.start)) {
+            Some(key) if !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
+            _ => message,
+        };
+        located(e.span(), message)
+    })?;
     let root = Raw::from_toml(toml::Spanned::new(
         table.span(),
         toml::de::DeValue::Table(table.into_inner()),
@@ -715,8 +750,10 @@ pub fn from_text(
     }
     crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
         origin: match env(&env_name("serve_ports")) {
-            Some(v) => format!("{origin} and {}={v:?}", env_name("serve_ports")),
-            None => origin.to_string(),
+            Some(v) if message.contains("serve_ports") => {
+                format!("{origin} and {}={v:?}", env_name("serve_ports"))
+            }
+            _ => origin.to_string(),
         },
         message: format!("[[serve]]: {message}"),
     })?;
@@ -744,6 +781,14 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
+}
+
+/// The key of the `key = value` line on which byte `offset` lies within the value.
+fn key_at(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let key = line[..line.find('=')?].trim();
+    (!key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
@@ -974,13 +1019,40 @@ mod tests {
             (
                 "[[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"x\"\n",
                 &[][..],
-                "FILE:4:10: [[serve]] port 1: target `x` is not a port or host:port (e.g. \
+                "FILE:4:10: `target`: target `x` is not a port or host:port (e.g. \
                  \"127.0.0.1:9999\")",
             ),
             (
                 "[[serve]]\nproto = \"tcp\"\nport = 1\n",
                 &[][..],
-                "FILE:1:1: missing field `target`",
+                "FILE:1:1: [[serve]]: missing field `target`",
+            ),
+            (
+                "[[serve]]\nproto = \"udp\"\n",
+                &[][..],
+                "FILE:2:9: `proto`: unknown variant `udp`, expected one of `tcp`, \
+                 `tls-terminated-tcp`, `http`, `https`",
+            ),
+            (
+                "[[serve]]\nproto = \"tcp\"\nport = 0\ntarget = \"1\"\n",
+                &[][..],
+                "FILE:3:8: `port`: port 0 is not a port number (1-65535)",
+            ),
+            (
+                "[[serve]]\nproto = \"https\"\nport = 1\ntarget = \"1\"\npath = \"x\"\n",
+                &[][..],
+                "FILE:5:8: `path`: path `x` must start with / and hold no spaces",
+            ),
+            (
+                "ssh = \n",
+                &[][..],
+                "FILE:1:7: `ssh`: string values must be quoted, expected literal string",
+            ),
+            (
+                "[[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"1\"\n\
+                 [[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"2\"\n",
+                &[("TSINIT_SERVE_PORTS", "9000")][..],
+                "FILE: [[serve]]: port 1 path / is served twice: one target each",
             ),
             (
                 "serve_ports = [80]\n[[serve]]\nproto = \"tcp\"\nport = 80\ntarget = \"1\"\n",

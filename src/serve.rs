@@ -75,32 +75,35 @@ impl Entry {
     /// Checks an entry as written in the configuration.
     pub fn new(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
         let proto = Proto::parse(proto)?;
-        let port = check_port(port)?;
-        let target = target.trim();
-        let target = match proto {
-            Proto::Tcp | Proto::TlsTerminatedTcp => tcp_target(target)?,
-            Proto::Http | Proto::Https => web_target(target)?,
-        };
-        let path = match (proto, path.map(str::to_string)) {
-            (Proto::Tcp | Proto::TlsTerminatedTcp, Some(_)) => {
-                return Err(format!(
-                    "`path` is only for http and https entries (port {port})"
-                ));
-            }
-            (_, None) => "/".to_string(),
-            (_, Some(p)) if p.starts_with('/') && !p.contains(char::is_whitespace) => p,
-            (_, Some(p)) => {
-                return Err(format!(
-                    "path `{p}` must start with / and hold no spaces (port {port})"
-                ));
-            }
-        };
         Ok(Entry {
             proto,
-            port,
-            target,
-            path,
+            port: check_port(port)?,
+            target: Entry::target(proto, target)?,
+            path: Entry::path(proto, path)?,
         })
+    }
+
+    /// The target in canonical form for `proto`.
+    pub fn target(proto: Proto, target: &str) -> Result<String, String> {
+        let target = target.trim();
+        match proto {
+            Proto::Tcp | Proto::TlsTerminatedTcp => tcp_target(target),
+            Proto::Http | Proto::Https => web_target(target),
+        }
+    }
+
+    /// The mount point for `proto` ("/" unless given; only http and https have one).
+    pub fn path(proto: Proto, path: Option<&str>) -> Result<String, String> {
+        match (proto, path) {
+            (Proto::Tcp | Proto::TlsTerminatedTcp, Some(_)) => {
+                Err("`path` is only for http and https entries".to_string())
+            }
+            (_, None) => Ok("/".to_string()),
+            (_, Some(p)) if p.starts_with('/') && !p.contains(char::is_whitespace) => {
+                Ok(p.to_string())
+            }
+            (_, Some(p)) => Err(format!("path `{p}` must start with / and hold no spaces")),
+        }
     }
 }
 
