@@ -724,6 +724,17 @@ impl Tailnet {
         }
     }
 
+    /// Control renamed the node: web servers move to the new name.
+    fn node_renamed(&mut self) {
+        let renamed = self.hosts.as_ref().is_some_and(HostsSync::take_renamed);
+        if !renamed || self.daemon.is_none() || self.retry_at.is_some() {
+            return;
+        }
+        if let Err(BringupError::Failed(why)) = self.apply_serve() {
+            warn!("{why}");
+        }
+    }
+
     /// The serve config file's directory changed: apply the file again (if tailscaled
     /// is up; otherwise its next bring-up reads it anyway).
     fn serve_file_changed(&mut self) {
@@ -1279,11 +1290,17 @@ impl Service for Tailnet {
     }
 
     fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
-        self.serve_watch.iter().map(|w| w.as_fd()).collect()
+        let renamed = self.hosts.as_ref().and_then(|h| h.renamed.as_ref());
+        self.serve_watch
+            .iter()
+            .map(|w| w.as_fd())
+            .chain(renamed.map(|r| r.as_fd()))
+            .collect()
     }
 
     fn tend(&mut self, init: &mut Init) {
         self.serve_file_changed();
+        self.node_renamed();
         if let Some(d) = &self.daemon
             && let Some(exit) = init.take_exit(d.pid)
         {
@@ -1363,6 +1380,10 @@ struct HostsState {
     /// Set at shutdown: the block stays empty from then on.
     stopped: bool,
     warned: bool,
+    /// The node's DNS name when last looked, and where to say it changed (control
+    /// renamed the node: web servers tsinit serves are named after it).
+    dns_name: String,
+    renamed: Option<std::os::unix::net::UnixStream>,
 }
 
 impl HostsState {
@@ -1377,6 +1398,16 @@ impl HostsState {
         };
         let entries = crate::hosts::entries(&status, self.opts);
         self.write(&entries);
+        let name = status.self_.map(|s| s.dns_name).unwrap_or_default();
+        if !name.is_empty() && name != self.dns_name {
+            if !self.dns_name.is_empty()
+                && let Some(w) = &self.renamed
+            {
+                debug!("control renamed the node: {} -> {name}", self.dns_name);
+                (&*w).write_all(&[1]).ok();
+            }
+            self.dns_name = name;
+        }
     }
 
     fn write(&mut self, entries: &[crate::hosts::Entry]) {
@@ -1407,6 +1438,8 @@ impl HostsState {
 pub struct HostsSync {
     state: Arc<Mutex<HostsState>>,
     ready: std::sync::mpsc::Sender<()>,
+    /// Readable when control renamed the node (non-blocking).
+    renamed: Option<std::os::unix::net::UnixStream>,
 }
 
 impl HostsSync {
@@ -1421,7 +1454,20 @@ impl HostsSync {
             socket: socket.to_path_buf(),
             stopped: false,
             warned: false,
+            dns_name: String::new(),
+            renamed: None,
         }));
+        let renamed = match std::os::unix::net::UnixStream::pair() {
+            Ok((tx, rx))
+                if rx.set_nonblocking(true).is_ok() && tx.set_nonblocking(true).is_ok() =>
+            {
+                if let Ok(mut s) = state.lock() {
+                    s.renamed = Some(tx);
+                }
+                Some(rx)
+            }
+            _ => None,
+        };
         let (ready, wait) = std::sync::mpsc::channel::<()>();
         let shared = state.clone();
         let socket = socket.to_path_buf();
@@ -1457,7 +1503,11 @@ impl HostsSync {
                 }
             });
         match spawned {
-            Ok(_) => Some(HostsSync { state, ready }),
+            Ok(_) => Some(HostsSync {
+                state,
+                ready,
+                renamed,
+            }),
             Err(e) => {
                 warn!("cannot start the thread that keeps the hosts file: {e}");
                 None
@@ -1470,6 +1520,19 @@ impl HostsSync {
         if let Ok(mut s) = self.state.lock() {
             s.sync();
         }
+    }
+
+    /// Whether control renamed the node since the last call.
+    pub fn take_renamed(&self) -> bool {
+        let mut any = false;
+        let mut buf = [0u8; 16];
+        while let Some(Ok(n)) = self.renamed.as_ref().map(|mut r| r.read(&mut buf)) {
+            if n == 0 {
+                break;
+            }
+            any = true;
+        }
+        any
     }
 
     /// tailscaled answers again: (re)connect to its bus.

@@ -346,6 +346,46 @@ fn a_serve_config_file_is_taken_like_the_official_image_takes_it() {
     refused(&ns, &control, dir.path(), bad, None, 78, needle);
 }
 
+#[test]
+fn web_servers_follow_a_rename_at_control_while_the_workload_runs() {
+    let (ns, control, dir) = one_node("serve-rename");
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo up; while [ ! -e {go} ]; do sleep 0.05; done; \"$TSINIT\" status",
+        go = go.display()
+    );
+    let toml = "[[serve]]\nproto = \"http\"\nport = 80\ntarget = \"3000\"\n";
+    let mut r = Running::start(node(
+        &ns,
+        &control,
+        dir.path(),
+        "tsinit-test",
+        "userspace",
+        toml,
+        &["--", "sh", "-c", &script],
+    ));
+    r.wait_stdout("up");
+    let id = control.nodes()[0].id;
+    control.rename(id, "moved");
+    r.wait_output(true, Duration::from_secs(10), |e| {
+        e.contains("serve: + Web moved.tail.example:80")
+    });
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stderr()
+            .contains("serve: - Web tsinit-test.tail.example:80"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stdout()
+            .contains("serve: http 80 / -> http://127.0.0.1:3000"),
+        "{}",
+        r.stdout()
+    );
+}
+
 /// Runs a node with `toml` (and TS_SERVE_CONFIG=`serve_config`), which must stop with
 /// `code` and `needle` in its error before the workload ever runs, also with
 /// on_failure = "continue"; returns the error output.

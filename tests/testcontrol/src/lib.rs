@@ -241,6 +241,18 @@ impl TestControl {
         id
     }
 
+    /// Renames a node at control (as an admin does in the console): its DNS name becomes
+    /// `<name>.tail.example.`, pushed to every open map stream.
+    pub fn rename(&self, id: u64, name: &str) {
+        let mut st = self.shared.lock();
+        let full = format!("{}.{}.", state::dns_label(name), state::DOMAIN);
+        if let Some(n) = st.nodes.get_mut(&id) {
+            n.name = full;
+        }
+        drop(st);
+        self.shared.bump();
+    }
+
     /// Removes a node (fake or real); open map streams get it in PeersRemoved.
     pub fn remove_peer(&self, id: u64) {
         self.shared.lock().nodes.remove(&id);

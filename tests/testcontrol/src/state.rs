@@ -113,7 +113,7 @@ pub fn key_string(prefix: &str, raw: &[u8; 32]) -> String {
 }
 
 /// A DNS label from an OS hostname: lowercase letters, digits and dashes.
-fn dns_label(hostname: &str) -> String {
+pub fn dns_label(hostname: &str) -> String {
     let label: String = hostname
         .to_ascii_lowercase()
         .chars()
