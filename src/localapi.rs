@@ -605,6 +605,11 @@ pub struct IpnBus {
 }
 
 impl IpnBus {
+    /// The connection, e.g. to shut it down from another thread.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
     fn next_value(&mut self) -> Result<Option<serde_json::Value>, ApiError> {
         let mut buf = vec![0u8; READ_SIZE];
         loop {

@@ -72,7 +72,7 @@ fn run(args: Vec<OsString>) -> i32 {
 
     // 5. Start tailscaled and bring the node up (fail loudly, or go on as configured).
     if let Some(t) = tailnet.as_mut() {
-        match t.start(&mut init) {
+        match t.start(&mut init).and_then(|()| t.finish()) {
             Ok(()) => {}
             Err(BringupError::Stop(sig)) => {
                 t.stop(&mut init);

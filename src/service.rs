@@ -11,6 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,43 @@ const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
 const TAIL_LINES: usize = 20;
 /// The longest wait between two restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Ends a thread that follows the IPN bus for a waiter once the waiter is done (or
+/// gives up): the thread registers its bus connection, and the waiter's guard shuts it
+/// down when dropped, so no thread (and no watcher inside tailscaled) is left behind.
+#[derive(Clone, Default)]
+struct Abandon(Arc<Mutex<(bool, Option<std::os::unix::net::UnixStream>)>>);
+
+impl Abandon {
+    /// From the thread: keep a handle on `stream`; false if the waiter is gone already.
+    fn register(&self, stream: &std::os::unix::net::UnixStream) -> bool {
+        let Ok(mut slot) = self.0.lock() else {
+            return false;
+        };
+        if slot.0 {
+            return false;
+        }
+        slot.1 = stream.try_clone().ok();
+        true
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = (self.0).0.lock() {
+            slot.0 = true;
+            if let Some(stream) = slot.1.take() {
+                stream.shutdown(std::net::Shutdown::Both).ok();
+            }
+        }
+    }
+}
+
+/// The waiter's side of [`Abandon`].
+struct AbandonOnDrop(Abandon);
+
+/// Work for a waiting thread to do on each event until it reports done.
+type Meanwhile = Box<dyn FnMut() -> bool + Send>;
 
 /// Why the bring-up did not finish.
 #[derive(Debug)]
@@ -96,10 +134,12 @@ pub struct Tailnet {
     stopping: bool,
     hosts: Option<HostsSync>,
     /// Whether this bring-up has written the hosts block already.
-    hosts_synced: bool,
+    hosts_synced: Arc<std::sync::atomic::AtomicBool>,
     /// Whether this bring-up changed the node's hostname (its DNS name follows once
     /// control answers).
     renamed: bool,
+    /// Whether the workload has been started (the hosts watcher runs from then on).
+    workload_started: bool,
     /// Watches the serve config file's directory once the workload runs: a change is
     /// applied at once, as the official image does.
     serve_watch: Option<Inotify>,
@@ -322,8 +362,9 @@ pub fn prepare(
             true => HostsSync::start(&config.hosts, &t.socket),
             false => None,
         },
-        hosts_synced: false,
+        hosts_synced: Arc::default(),
         renamed: false,
+        workload_started: false,
         serve_watch: None,
         serve,
     }))
@@ -436,7 +477,7 @@ impl Tailnet {
     /// Starts tailscaled, waits until it answers, and brings its settings in step.
     pub fn start(&mut self, init: &mut Init) -> Result<(), BringupError> {
         let deadline = Instant::now() + self.cfg.boot_timeout;
-        self.hosts_synced = false;
+        self.hosts_synced.store(false, Ordering::Relaxed);
         self.renamed = false;
         if self.daemon.is_none() {
             self.spawn(init)?;
@@ -452,7 +493,7 @@ impl Tailnet {
                 debug!("tailscaled has a saved login (state still NoState): Starting");
                 "Starting".to_string()
             } else {
-                self.wait_for_state(init, deadline, true, |s| s != 0)?
+                self.wait_for_state(init, deadline, true, |s| s != 0, None)?
             };
             prefs = Some(p);
         }
@@ -460,14 +501,26 @@ impl Tailnet {
         let old_name = status.self_.as_ref().map(|s| s.dns_name.clone());
         let mut result = self.converge(init, status, prefs);
         if result.is_ok() && starting {
-            // The netmap is there already: write the hosts block while tailscaled
-            // connects, rather than after.
-            self.sync_hosts();
             // A resumed login: the workload starts once the node is Running (or the
             // reason it is not is known). Leaving Starting always comes with a State
-            // event, so no status reads between events.
+            // event, so no status reads between events. Meanwhile the waiting thread
+            // writes the hosts block as soon as the netmap is in (not once the workload
+            // runs: the hosts watcher keeps the block then), so that is done by Running.
+            let meanwhile = match (&self.hosts, self.workload_started) {
+                (Some(h), false) => {
+                    let sync = h.syncer();
+                    let done = self.hosts_synced.clone();
+                    Some(Box::new(move || {
+                        let ok = sync();
+                        done.store(ok, Ordering::Relaxed);
+                        ok
+                    }) as Meanwhile)
+                }
+                _ => None,
+            };
             let until = Instant::now() + self.cfg.up_timeout;
-            result = match self.wait_for_state(init, until, false, |s| s != 0 && s != 5) {
+            let left_starting = |s| s != 0 && s != 5;
+            result = match self.wait_for_state(init, until, false, left_starting, meanwhile) {
                 Ok(state) if state == "Running" => Ok(()),
                 Ok(state) => Err(BringupError::Failed(format!(
                     "tailscaled went from Starting to {state}: {}",
@@ -480,17 +533,22 @@ impl Tailnet {
             };
         }
         if result.is_err() {
-            self.hosts_synced = false; // written while Starting, but it did not last
+            // Written while Starting, but it did not last.
+            self.hosts_synced.store(false, Ordering::Relaxed);
         }
         result?;
+        let label = tailscale::dns_label(&self.desired.hostname);
         if self.renamed
             && self.serve.configured()
             && let Some(old) = old_name.filter(|n| !n.is_empty())
+            && old.split('.').next() != Some(label.as_str())
         {
             // Served web names are the node's DNS name: wait for the new one.
             let until = Instant::now() + RENAME_WAIT;
             let renamed = self.wait_for_status(init, until, move |s| {
-                s.self_.as_ref().is_some_and(|me| me.dns_name != old)
+                s.self_
+                    .as_ref()
+                    .is_some_and(|me| !me.dns_name.is_empty() && me.dns_name != old)
             })?;
             if !renamed {
                 warn!(
@@ -500,6 +558,13 @@ impl Tailnet {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// After the node is Running: serve and SSH. Failures here are the bring-up's before
+    /// the workload starts; after that (a tailscaled restart) they are warnings, since
+    /// tailscaled itself is fine.
+    pub fn finish(&mut self) -> Result<(), BringupError> {
         let served = self.apply_serve();
         self.check_ssh()?;
         served
@@ -518,13 +583,18 @@ impl Tailnet {
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
         let socket = self.cfg.socket.clone();
+        let abandon = Abandon::default();
+        let _stop = AbandonOnDrop(abandon.clone());
         let watcher = std::thread::Builder::new()
             .name("status".to_string())
             .spawn(move || {
                 let api = LocalApi::new(&socket, Some(Duration::from_secs(5)));
                 let check = || api.status().is_ok_and(|s| done(&s));
                 let mut met = check();
-                if !met && let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(0) {
+                if !met
+                    && let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(0)
+                    && abandon.register(bus.stream())
+                {
                     for event in bus {
                         if event.is_err() {
                             break;
@@ -684,10 +754,11 @@ impl Tailnet {
     /// names in place when it starts. (Unchanged blocks are not rewritten.)
     pub fn sync_hosts(&mut self) {
         if let Some(h) = &self.hosts
-            && !self.hosts_synced
+            && !self.hosts_synced.load(Ordering::Relaxed)
         {
-            h.sync_now();
-            self.hosts_synced = true;
+            // Done only once the block lists this node: a status read before the netmap
+            // came lists nothing.
+            self.hosts_synced.store(h.sync_now(), Ordering::Relaxed);
         }
     }
 
@@ -695,6 +766,7 @@ impl Tailnet {
     /// failed to), so following the bus does not compete with the bring-up. Also starts
     /// watching the serve config file.
     pub fn connect_hosts(&mut self) {
+        self.workload_started = true;
         if let Some(h) = &self.hosts {
             h.connect();
         }
@@ -741,12 +813,18 @@ impl Tailnet {
         let Some(watch) = &self.serve_watch else {
             return;
         };
+        // Only the file itself, or Kubernetes' `..data` link swapped under it.
+        let name = self.serve.file.as_ref().and_then(|p| p.file_name());
         let mut changed = false;
         while let Ok(events) = watch.read_events() {
             if events.is_empty() {
                 break;
             }
-            changed = true;
+            changed |= events.iter().any(|e| {
+                e.name
+                    .as_deref()
+                    .is_some_and(|n| Some(n) == name || n == "..data")
+            });
         }
         if !changed || self.daemon.is_none() || self.retry_at.is_some() {
             return;
@@ -948,15 +1026,20 @@ impl Tailnet {
         deadline: Instant,
         probe_status: bool,
         done: fn(usize) -> bool,
+        mut meanwhile: Option<Meanwhile>,
     ) -> Result<String, BringupError> {
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
         let socket = self.cfg.socket.clone();
+        let abandon = Abandon::default();
+        let _stop = AbandonOnDrop(abandon.clone());
         let watcher = std::thread::Builder::new()
             .name("state".to_string())
             .spawn(move || {
                 let mut state = usize::MAX;
-                if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1) {
+                if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1)
+                    && abandon.register(bus.stream())
+                {
                     for event in bus {
                         let Ok(event) = event else { break };
                         if let Some(s) = event.get("State").and_then(|s| s.as_u64())
@@ -964,6 +1047,9 @@ impl Tailnet {
                         {
                             state = s as usize;
                             break;
+                        }
+                        if meanwhile.as_mut().is_some_and(|work| work()) {
+                            meanwhile = None;
                         }
                         if !probe_status {
                             continue;
@@ -1299,8 +1385,6 @@ impl Service for Tailnet {
     }
 
     fn tend(&mut self, init: &mut Init) {
-        self.serve_file_changed();
-        self.node_renamed();
         if let Some(d) = &self.daemon
             && let Some(exit) = init.take_exit(d.pid)
         {
@@ -1320,6 +1404,10 @@ impl Service for Tailnet {
                 Ok(()) => {
                     info!("tailscale is back");
                     self.failures = 0;
+                    // tailscaled is fine: a serve or SSH problem is only reported.
+                    if let Err(BringupError::Failed(why)) = self.finish() {
+                        warn!("{why}");
+                    }
                 }
                 Err(BringupError::WorkloadExited) | Err(BringupError::Stop(_)) => {}
                 Err(BringupError::Failed(why)) => {
@@ -1328,6 +1416,8 @@ impl Service for Tailnet {
                 }
             }
         }
+        self.serve_file_changed();
+        self.node_renamed();
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -1387,14 +1477,18 @@ struct HostsState {
 }
 
 impl HostsState {
-    /// Renders the block from tailscaled's status and writes it if it changed.
-    fn sync(&mut self) {
+    /// Renders the block from tailscaled's status and writes it if it changed; how many
+    /// names it lists.
+    fn sync(&mut self) -> usize {
         if self.stopped {
-            return;
+            return 0;
         }
         let status = match LocalApi::new(&self.socket, Some(Duration::from_secs(5))).status() {
             Ok(s) => s,
-            Err(e) => return debug!("hosts: cannot read tailscale's status: {e}"),
+            Err(e) => {
+                debug!("hosts: cannot read tailscale's status: {e}");
+                return 0;
+            }
         };
         let entries = crate::hosts::entries(&status, self.opts);
         self.write(&entries);
@@ -1408,6 +1502,7 @@ impl HostsState {
             }
             self.dns_name = name;
         }
+        entries.len()
     }
 
     fn write(&mut self, entries: &[crate::hosts::Entry]) {
@@ -1475,6 +1570,7 @@ impl HostsSync {
             .name("hosts".to_string())
             .spawn(move || {
                 while wait.recv().is_ok() {
+                    while wait.try_recv().is_ok() {} // several calls, one reconnect
                     // Follow the bus; if it breaks right after delivering events, try
                     // once more at once, else wait until tailscaled is ready again.
                     loop {
@@ -1515,11 +1611,15 @@ impl HostsSync {
         }
     }
 
-    /// Brings the block in step now, on the calling thread.
-    pub fn sync_now(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.sync();
-        }
+    /// Brings the block in step now, on the calling thread; whether it lists names.
+    pub fn sync_now(&self) -> bool {
+        self.state.lock().is_ok_and(|mut s| s.sync() > 0)
+    }
+
+    /// [`HostsSync::sync_now`] for another thread.
+    pub fn syncer(&self) -> impl Fn() -> bool + Send + 'static {
+        let state = self.state.clone();
+        move || state.lock().is_ok_and(|mut s| s.sync() > 0)
     }
 
     /// Whether control renamed the node since the last call.

@@ -124,8 +124,14 @@ fn logs_in_once_then_restarts_without_tailscale_up_and_applies_drift_with_set() 
     let node = net.control.nodes()[0].clone();
 
     // Second boot, same state and configuration: no CLI call at all, no registration.
+    // The workload finds the node's names in the hosts block as it starts.
     let r = boot(None);
     assert!(r.stdout().contains("state: Running"), "{}", r.stdout());
+    assert!(
+        r.stdout().contains("hosts: 1 names, written"),
+        "{}",
+        r.stdout()
+    );
     assert!(r.stderr().contains("nothing to change"), "{}", r.stderr());
     assert_eq!(
         net.cli_calls(),
