@@ -39,6 +39,17 @@ const STATES: [&str; 7] = [
     "Running",
 ];
 
+/// Whether DNS name `name` is the one control gives a node with hostname label `label`:
+/// `label.<tailnet>.`, or `label-N.<tailnet>.` when another machine has the name.
+fn named_after(name: &str, label: &str) -> bool {
+    let first = name.split('.').next().unwrap_or_default();
+    first == label
+        || first.strip_prefix(label).is_some_and(|rest| {
+            rest.strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// How long a bring-up that renamed the node waits for control's new DNS name.
 const RENAME_WAIT: Duration = Duration::from_secs(10);
 
@@ -498,7 +509,6 @@ impl Tailnet {
             prefs = Some(p);
         }
         let starting = status.backend_state == "Starting";
-        let old_name = status.self_.as_ref().map(|s| s.dns_name.clone());
         let mut result = self.converge(init, status, prefs);
         if result.is_ok() && starting {
             // A resumed login: the workload starts once the node is Running (or the
@@ -537,18 +547,15 @@ impl Tailnet {
             self.hosts_synced.store(false, Ordering::Relaxed);
         }
         result?;
-        let label = tailscale::dns_label(&self.desired.hostname);
-        if self.renamed
-            && self.serve.configured()
-            && let Some(old) = old_name.filter(|n| !n.is_empty())
-            && old.split('.').next() != Some(label.as_str())
-        {
-            // Served web names are the node's DNS name: wait for the new one.
+        if self.renamed && self.serve.configured() {
+            // Served web names are the node's DNS name: wait until control has named
+            // the node after its new hostname (returns at once if it has).
+            let label = tailscale::dns_label(&self.desired.hostname);
             let until = Instant::now() + RENAME_WAIT;
             let renamed = self.wait_for_status(init, until, move |s| {
                 s.self_
                     .as_ref()
-                    .is_some_and(|me| !me.dns_name.is_empty() && me.dns_name != old)
+                    .is_some_and(|me| named_after(&me.dns_name, &label))
             })?;
             if !renamed {
                 warn!(
@@ -670,7 +677,12 @@ impl Tailnet {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             BringupError::Failed(format!("serve: cannot {what}: {e}"))
         };
-        let api = self.api();
+        // Once the workload runs this is done from the main loop (a file change, a
+        // rename): short timeouts, so a stuck tailscaled holds up signals briefly.
+        let api = match self.workload_started {
+            true => LocalApi::new(&self.cfg.socket, Some(Duration::from_secs(2))),
+            false => self.api(),
+        };
         let status = api
             .status()
             .map_err(|e| failed("read tailscale's status", &e))?;
@@ -1646,5 +1658,21 @@ impl HostsSync {
             s.write(&[]);
             s.stopped = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_after;
+
+    #[test]
+    fn dns_names_after_a_hostname() {
+        assert!(named_after("web.tail1234.ts.net.", "web"));
+        assert!(named_after("web-2.tail1234.ts.net.", "web"));
+        assert!(!named_after("webapp.tail1234.ts.net.", "web"));
+        assert!(!named_after("web-x.tail1234.ts.net.", "web"));
+        assert!(!named_after("web-.tail1234.ts.net.", "web"));
+        assert!(!named_after("old.tail1234.ts.net.", "web"));
+        assert!(!named_after("", "web"));
     }
 }
