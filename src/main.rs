@@ -117,7 +117,7 @@ fn run(args: Vec<OsString>) -> i32 {
         return fail(e);
     }
     if let Some(t) = tailnet.as_mut() {
-        t.connect_hosts(); // now, so its first sync does not delay the workload
+        t.follow_changes(); // now, so it does not delay the workload
     }
 
     // 7. Forward signals, reap, and keep tailscaled running until the workload exits.

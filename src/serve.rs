@@ -72,17 +72,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Checks an entry as written in the configuration.
-    pub fn new(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
-        let proto = Proto::parse(proto)?;
-        Ok(Entry {
-            proto,
-            port: check_port(port)?,
-            target: Entry::target(proto, target)?,
-            path: Entry::path(proto, path)?,
-        })
-    }
-
     /// The target in canonical form for `proto`.
     pub fn target(proto: Proto, target: &str) -> Result<String, String> {
         let target = target.trim();
@@ -585,8 +574,15 @@ pub fn expand_cert_domain(text: &str, domain: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An entry as the configuration reader builds one.
     fn entry(proto: &str, port: i64, target: &str, path: Option<&str>) -> Result<Entry, String> {
-        Entry::new(proto, port, target, path)
+        let proto = Proto::parse(proto)?;
+        Ok(Entry {
+            proto,
+            port: check_port(port)?,
+            target: Entry::target(proto, target)?,
+            path: Entry::path(proto, path)?,
+        })
     }
 
     #[test]

@@ -577,59 +577,71 @@ impl Tailnet {
         served
     }
 
-    /// Waits (until `deadline`) for tailscaled's status to satisfy `done`: a thread reads
-    /// it at once and again on every IPN bus event, and wakes the main loop through a
-    /// socket pair, so signals and tailscaled's exit are handled meanwhile. Ok(false)
-    /// when the deadline passed.
+    /// Waits (until `deadline`) for tailscaled's status to satisfy `done`, read at once
+    /// and again on every IPN bus event; Ok(false) when the deadline passed.
     fn wait_for_status(
         &mut self,
         init: &mut Init,
         deadline: Instant,
         done: impl Fn(&Status) -> bool + Send + 'static,
     ) -> Result<bool, BringupError> {
-        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
         let socket = self.cfg.socket.clone();
-        let abandon = Abandon::default();
-        let _stop = AbandonOnDrop(abandon.clone());
-        let watcher = std::thread::Builder::new()
-            .name("status".to_string())
-            .spawn(move || {
-                let api = LocalApi::new(&socket, Some(Duration::from_secs(5)));
-                let check = || api.status().is_ok_and(|s| done(&s));
-                let mut met = check();
-                if !met
-                    && let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(0)
-                    && abandon.register(bus.stream())
-                {
-                    for event in bus {
-                        if event.is_err() {
-                            break;
-                        }
-                        if check() {
-                            met = true;
-                            break;
-                        }
+        let met = self.wait_on_thread(init, deadline, "status", move |abandon| {
+            let api = LocalApi::new(&socket, Some(Duration::from_secs(5)));
+            let check = || api.status().is_ok_and(|s| done(&s));
+            let mut met = check();
+            if !met
+                && let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(0)
+                && abandon.register(bus.stream())
+            {
+                for event in bus {
+                    if event.is_err() {
+                        break;
+                    }
+                    if check() {
+                        met = true;
+                        break;
                     }
                 }
-                (&wake_tx).write_all(&[u8::from(met)]).ok();
-            });
-        if let Err(e) = watcher {
-            return Err(BringupError::Failed(format!(
-                "cannot watch tailscaled's status: {e}"
-            )));
-        }
+            }
+            u8::from(met)
+        })?;
+        Ok(met == Some(1))
+    }
+
+    /// Runs `work` on a thread of its own that follows the IPN bus, and waits for the
+    /// byte it returns while the main loop handles signals and tailscaled's exit; `None`
+    /// when `deadline` passed. The bus connection the thread registers with its
+    /// [`Abandon`] is shut down on return, so the thread ends then too.
+    fn wait_on_thread(
+        &mut self,
+        init: &mut Init,
+        deadline: Instant,
+        what: &str,
+        work: impl FnOnce(&Abandon) -> u8 + Send + 'static,
+    ) -> Result<Option<u8>, BringupError> {
+        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
+        let abandon = Abandon::default();
+        let _stop = AbandonOnDrop(abandon.clone());
+        std::thread::Builder::new()
+            .name(what.to_string())
+            .spawn(move || {
+                let byte = work(&abandon);
+                (&wake_tx).write_all(&[byte]).ok();
+            })
+            .map_err(|e| BringupError::Failed(format!("cannot watch tailscaled's {what}: {e}")))?;
         loop {
             self.check_interrupts(init)?;
             match init.pump(Some(deadline), &[wake_rx.as_fd()]) {
                 Woke::Ready(_) => break,
-                Woke::Deadline if Instant::now() >= deadline => return Ok(false),
+                Woke::Deadline if Instant::now() >= deadline => return Ok(None),
                 Woke::Deadline | Woke::Handled => {}
             }
         }
-        let mut byte = [0u8];
+        let mut byte = [255u8];
         (&wake_rx).read_exact(&mut byte).ok();
-        Ok(byte[0] == 1)
+        Ok(Some(byte[0]))
     }
 
     /// With ssh = true: fails if control did not enable Tailscale SSH for this node (the
@@ -774,10 +786,10 @@ impl Tailnet {
         }
     }
 
-    /// Lets the /etc/hosts watcher connect: called once the workload has started (or
-    /// failed to), so following the bus does not compete with the bring-up. Also starts
-    /// watching the serve config file.
-    pub fn connect_hosts(&mut self) {
+    /// Starts following changes once the workload has started (or failed to), so it
+    /// does not compete with the bring-up: the /etc/hosts watcher (re)connects to the
+    /// IPN bus, and the serve config file is watched.
+    pub fn follow_changes(&mut self) {
         self.workload_started = true;
         if let Some(h) = &self.hosts {
             h.connect();
@@ -808,10 +820,13 @@ impl Tailnet {
         }
     }
 
-    /// Control renamed the node: web servers move to the new name.
-    fn node_renamed(&mut self) {
+    /// Applies serve again while the workload runs when the serve config file changed
+    /// or control renamed the node (web servers are named after it); if tailscaled is
+    /// down, its next bring-up does it anyway.
+    fn reapply_serve_if_needed(&mut self) {
+        let file = self.serve_file_changed();
         let renamed = self.hosts.as_ref().is_some_and(HostsSync::take_renamed);
-        if !renamed || self.daemon.is_none() || self.retry_at.is_some() {
+        if !(file || renamed) || self.daemon.is_none() || self.retry_at.is_some() {
             return;
         }
         if let Err(BringupError::Failed(why)) = self.apply_serve() {
@@ -819,11 +834,10 @@ impl Tailnet {
         }
     }
 
-    /// The serve config file's directory changed: apply the file again (if tailscaled
-    /// is up; otherwise its next bring-up reads it anyway).
-    fn serve_file_changed(&mut self) {
+    /// Whether the serve config file changed (reads the watch's pending events).
+    fn serve_file_changed(&self) -> bool {
         let Some(watch) = &self.serve_watch else {
-            return;
+            return false;
         };
         // Only the file itself, or Kubernetes' `..data` link swapped under it.
         let name = self.serve.file.as_ref().and_then(|p| p.file_name());
@@ -838,12 +852,7 @@ impl Tailnet {
                     .is_some_and(|n| Some(n) == name || n == "..data")
             });
         }
-        if !changed || self.daemon.is_none() || self.retry_at.is_some() {
-            return;
-        }
-        if let Err(BringupError::Failed(why)) = self.apply_serve() {
-            warn!("{why}");
-        }
+        changed
     }
 
     fn spawn(&mut self, init: &mut Init) -> Result<(), BringupError> {
@@ -1028,10 +1037,8 @@ impl Tailnet {
     /// Waits until tailscaled's state satisfies `done` (by ipn.State number): a thread
     /// follows the IPN bus, and with `probe_status` on each event also reads the status
     /// (tailscaled sends no event for some changes, e.g. NoState -> Starting; the read
-    /// is slow while tailscaled is busy, so it is skipped where the event always comes),
-    /// then wakes the main loop
-    /// through a socket pair, so signals and tailscaled's exit are handled meanwhile.
-    /// Returns the state's name.
+    /// is slow while tailscaled is busy, so it is skipped where the event always comes).
+    /// `meanwhile` runs on each event until it reports done. Returns the state's name.
     fn wait_for_state(
         &mut self,
         init: &mut Init,
@@ -1040,71 +1047,51 @@ impl Tailnet {
         done: fn(usize) -> bool,
         mut meanwhile: Option<Meanwhile>,
     ) -> Result<String, BringupError> {
-        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| BringupError::Failed(format!("socketpair: {e}")))?;
         let socket = self.cfg.socket.clone();
-        let abandon = Abandon::default();
-        let _stop = AbandonOnDrop(abandon.clone());
-        let watcher = std::thread::Builder::new()
-            .name("state".to_string())
-            .spawn(move || {
-                let mut state = usize::MAX;
-                if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1)
-                    && abandon.register(bus.stream())
-                {
-                    for event in bus {
-                        let Ok(event) = event else { break };
-                        if let Some(s) = event.get("State").and_then(|s| s.as_u64())
-                            && done(s as usize)
-                        {
-                            state = s as usize;
-                            break;
-                        }
-                        if meanwhile.as_mut().is_some_and(|work| work()) {
-                            meanwhile = None;
-                        }
-                        if !probe_status {
-                            continue;
-                        }
-                        let status = LocalApi::new(&socket, Some(Duration::from_secs(2))).status();
-                        if let Ok(status) = status
-                            && let Some(i) = STATES.iter().position(|&s| s == status.backend_state)
-                            && done(i)
-                        {
-                            state = i;
-                            break;
-                        }
+        let byte = self.wait_on_thread(init, deadline, "state", move |abandon| {
+            let mut state = usize::MAX;
+            if let Ok(bus) = LocalApi::new(&socket, None).watch_ipn_bus(1 << 1)
+                && abandon.register(bus.stream())
+            {
+                for event in bus {
+                    let Ok(event) = event else { break };
+                    if let Some(s) = event.get("State").and_then(|s| s.as_u64())
+                        && done(s as usize)
+                    {
+                        state = s as usize;
+                        break;
+                    }
+                    if meanwhile.as_mut().is_some_and(|work| work()) {
+                        meanwhile = None;
+                    }
+                    if !probe_status {
+                        continue;
+                    }
+                    let status = LocalApi::new(&socket, Some(Duration::from_secs(2))).status();
+                    if let Ok(status) = status
+                        && let Some(i) = STATES.iter().position(|&s| s == status.backend_state)
+                        && done(i)
+                    {
+                        state = i;
+                        break;
                     }
                 }
-                // Success (the state's number) or not (255): the main loop goes on.
-                (&wake_tx).write_all(&[state.min(255) as u8]).ok();
-            });
-        if let Err(e) = watcher {
-            return Err(BringupError::Failed(format!(
-                "cannot watch tailscaled's state: {e}"
-            )));
-        }
-        loop {
-            self.check_interrupts(init)?;
-            match init.pump(Some(deadline), &[wake_rx.as_fd()]) {
-                Woke::Ready(_) => break,
-                Woke::Deadline => {
-                    let state = self
-                        .api()
-                        .status()
-                        .map(|s| s.backend_state)
-                        .unwrap_or_default();
-                    return Err(BringupError::Failed(format!(
-                        "tailscaled is still in state {state} after {}",
-                        duration::format(self.cfg.up_timeout)
-                    )));
-                }
-                Woke::Handled => {}
             }
-        }
-        let mut byte = [255u8];
-        (&wake_rx).read_exact(&mut byte).ok();
-        let state = match STATES.get(byte[0] as usize) {
+            // Success (the state's number) or not (255): the main loop goes on.
+            state.min(255) as u8
+        })?;
+        let Some(byte) = byte else {
+            let state = self
+                .api()
+                .status()
+                .map(|s| s.backend_state)
+                .unwrap_or_default();
+            return Err(BringupError::Failed(format!(
+                "tailscaled is still in state {state} after {}",
+                duration::format(self.cfg.up_timeout)
+            )));
+        };
+        let state = match STATES.get(byte as usize) {
             Some(&name) => name.to_string(),
             None => {
                 let status = self.api().status().map_err(|e| {
@@ -1411,7 +1398,7 @@ impl Service for Tailnet {
         if self.retry_at.is_some_and(|at| at <= Instant::now()) {
             self.retry_at = None;
             let result = self.start(init);
-            self.connect_hosts();
+            self.follow_changes();
             match result {
                 Ok(()) => {
                     info!("tailscale is back");
@@ -1428,8 +1415,7 @@ impl Service for Tailnet {
                 }
             }
         }
-        self.serve_file_changed();
-        self.node_renamed();
+        self.reapply_serve_if_needed();
     }
 
     fn pids(&self) -> Vec<i32> {
