@@ -9,6 +9,15 @@ use crate::error::{EXIT_USAGE, Error};
 use crate::localapi::LocalApi;
 use crate::service;
 
+/// Prints a line on stdout. A stdout closed early (`tsinit status | head -1`, a
+/// HEALTHCHECK that stops reading) is no reason to fail, let alone to panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The file, beside the LocalAPI socket, where tsinit notes the networking mode and why.
 fn mode_file(config: &Config) -> PathBuf {
     let dir = config.tailscale.socket.parent().unwrap_or(Path::new("/"));
@@ -47,6 +56,7 @@ fn options(args: &[OsString], allow_json: bool) -> Result<Options, Error> {
 }
 
 fn load(opts: &Options) -> Result<Config, Error> {
+    config::check_environment(std::env::vars_os()).map_err(Error::Config)?;
     config::load(opts.config.as_deref(), &|name| std::env::var(name).ok()).map_err(Error::Config)
 }
 
@@ -60,7 +70,7 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tsinit: error: {e}");
+            crate::logging::print_error(&e.to_string());
             if matches!(e, Error::Usage(_)) {
                 EXIT_USAGE
             } else {
@@ -94,14 +104,14 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
                 .collect();
             obj.insert("versions".to_string(), serde_json::Value::Object(v));
         }
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&json).unwrap_or_default()
         );
     } else {
-        print!("{}", report.to_text());
+        say!("{}", report.to_text().trim_end_matches('\n'));
         for (name, v) in &versions {
-            println!("version: {name} {v}");
+            say!("version: {name} {v}");
         }
     }
     Ok(if report.kernel_ok { 0 } else { 1 })
@@ -128,7 +138,7 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
     let status = match api.status() {
         Ok(s) => s,
         Err(e) => {
-            println!("tailscaled: not reachable at {} ({e})", socket.display());
+            say!("tailscaled: not reachable at {} ({e})", socket.display());
             return Ok(1);
         }
     };
@@ -139,13 +149,13 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
         .self_
         .as_ref()
         .map(|s| s.dns_name.trim_end_matches('.').to_string());
-    println!("networking: {mode}");
-    println!("state: {}", status.backend_state);
-    println!(
+    say!("networking: {mode}");
+    say!("state: {}", status.backend_state);
+    say!(
         "hostname: {}",
         name.filter(|n| !n.is_empty()).unwrap_or_else(|| "-".into())
     );
-    println!(
+    say!(
         "ips: {}",
         if status.tailscale_ips.is_empty() {
             "-".to_string()
@@ -154,17 +164,17 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
         }
     );
     for h in &status.health {
-        println!("health: {h}");
+        say!("health: {h}");
     }
     if !status.auth_url.is_empty() {
-        println!("login: {}", status.auth_url);
+        say!("login: {}", status.auth_url);
     }
     if let Ok(prefs) = api.prefs() {
         let ssh_cap = status
             .self_
             .as_ref()
             .is_some_and(|s| s.cap_map.contains_key("https://tailscale.com/cap/ssh"));
-        println!(
+        say!(
             "ssh: {}",
             match (prefs.run_ssh, ssh_cap) {
                 (false, _) => "off",
@@ -177,19 +187,19 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
         Ok((serve, _)) => {
             let lines = crate::serve::describe(&serve);
             if lines.is_empty() {
-                println!("serve: -");
+                say!("serve: -");
             }
             for line in lines {
-                println!("serve: {line}");
+                say!("serve: {line}");
             }
         }
-        Err(e) => println!("serve: cannot read the serve config ({e})"),
+        Err(e) => say!("serve: cannot read the serve config ({e})"),
     }
     if config.hosts.enabled {
         let block = std::fs::read(&config.hosts.path)
             .ok()
             .and_then(|c| crate::hosts::describe(&c));
-        println!(
+        say!(
             "hosts: {} in {}",
             block.unwrap_or_else(|| "no block".to_string()),
             config.hosts.path.display()

@@ -162,6 +162,8 @@ pub struct Tailscale {
     pub advertise_routes: Vec<String>,
     pub up_timeout: Duration,
     pub extra_up_args: Vec<String>,
+    /// Secrets found in the extra `up` arguments (taken out of `extra_up_args`).
+    pub up_secrets: Vec<crate::tailscale::SecretArg>,
     pub tailscaled_args: Vec<String>,
     pub socks5_server: String,
     pub http_proxy: String,
@@ -200,6 +202,7 @@ impl Default for Config {
                 advertise_routes: Vec::new(),
                 up_timeout: Duration::from_secs(60),
                 extra_up_args: Vec::new(),
+                up_secrets: Vec::new(),
                 tailscaled_args: Vec::new(),
                 socks5_server: "localhost:1055".to_string(),
                 http_proxy: "localhost:1056".to_string(),
@@ -424,6 +427,128 @@ fn optional_path(raw: &Raw) -> Result<Option<PathBuf>, String> {
     Ok((!s.is_empty()).then(|| PathBuf::from(s)))
 }
 
+/// A path that must be given ("" is refused: there is no default to fall back to).
+fn required_path(raw: &Raw) -> Result<PathBuf, String> {
+    match raw.str("a path")? {
+        "" => Err(
+            "an empty path is not allowed: give a path, or leave the setting out \
+                   for its default"
+                .to_string(),
+        ),
+        s => Ok(PathBuf::from(s)),
+    }
+}
+
+/// A timeout: a duration above zero (the tailscale CLI reads 0 as "wait forever").
+fn timeout_value(raw: &Raw) -> Result<Duration, String> {
+    match duration_value(raw, false)?.unwrap_or_default() {
+        d if d.is_zero() => Err("a timeout of 0 is not allowed: give a duration such as \
+                                 \"60s\""
+            .to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Checks a tag as `tailscale up --advertise-tags` does: `tag:`, then a letter, then
+/// letters, digits and dashes.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let why = match tag.strip_prefix("tag:") {
+        None => "tags must start with \"tag:\"",
+        Some("") => "the tag name after \"tag:\" is empty",
+        Some(name) if !name.as_bytes()[0].is_ascii_alphabetic() => {
+            "tag names must start with a letter after \"tag:\""
+        }
+        Some(name) if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            "tag names may hold only letters, digits and dashes"
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(format!("`{tag}`: {why} (e.g. \"tag:container\")"))
+}
+
+/// Checks routes as `tailscale up --advertise-routes` does: each an address/bits prefix
+/// with no bits set past the prefix, and the IPv4 and IPv6 default routes only together.
+pub fn check_routes(routes: &[String]) -> Result<(), String> {
+    let mut defaults = (false, false);
+    for route in routes {
+        let (addr, bits) = route.split_once('/').ok_or_else(|| {
+            format!(
+                "`{route}` is not a route: give an address and prefix length, e.g. \"10.0.0.0/8\""
+            )
+        })?;
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{route}`: `{addr}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits: u32 = bits
+            .parse()
+            .ok()
+            .filter(|b| *b <= max && !bits.starts_with('+'))
+            .ok_or_else(|| format!("`{route}`: the prefix length must be 0 to {max}"))?;
+        let masked = mask(addr, bits);
+        if masked != addr {
+            return Err(format!(
+                "`{route}` has bits set past the prefix length: write {masked}/{bits}"
+            ));
+        }
+        match (addr.is_ipv4(), bits) {
+            (true, 0) => defaults.0 = true,
+            (false, 0) => defaults.1 = true,
+            _ => {}
+        }
+    }
+    match defaults {
+        (true, false) => Err("0.0.0.0/0 needs ::/0 too (or use --advertise-exit-node in \
+                              extra_up_args)"
+            .to_string()),
+        (false, true) => Err("::/0 needs 0.0.0.0/0 too (or use --advertise-exit-node in \
+                              extra_up_args)"
+            .to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// `addr` with every bit past the first `bits` cleared.
+fn mask(addr: std::net::IpAddr, bits: u32) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// Checks a hostname as `tailscale up --hostname` does: dot-separated labels of 1-63
+/// letters, digits and dashes, starting and ending with a letter
+/// or digit, at most 253 characters in all.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.len() > 253 {
+        return Err(format!("hostname `{name}` is longer than 253 characters"));
+    }
+    for label in bare.split('.') {
+        let b = label.as_bytes();
+        let why = match (b.first(), b.last()) {
+            _ if b.is_empty() => "has an empty label",
+            _ if b.len() > 63 => "has a label longer than 63 characters",
+            (Some(f), Some(l)) if !f.is_ascii_alphanumeric() || !l.is_ascii_alphanumeric() => {
+                "has a label that does not start and end with a letter or digit"
+            }
+            _ if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') => {
+                "may hold only letters, digits, dashes and dots"
+            }
+            _ => continue,
+        };
+        return Err(format!("hostname `{name}` {why}"));
+    }
+    Ok(())
+}
+
 /// Sets the setting `key` (one of [`KEYS`]) from `raw`.
 fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), String> {
     let t = &mut config.tailscale;
@@ -451,19 +576,31 @@ fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), String> {
         "tailscale.enabled" => t.enabled = enabled_value(raw)?,
         "tailscale.tailscaled" => t.tailscaled = optional_path(raw)?,
         "tailscale.tailscale" => t.tailscale = optional_path(raw)?,
-        "tailscale.state_dir" => t.state_dir = PathBuf::from(text(raw)?),
-        "tailscale.socket" => t.socket = PathBuf::from(text(raw)?),
-        "tailscale.boot_timeout" => {
-            t.boot_timeout = duration_value(raw, false)?.unwrap_or_default()
+        "tailscale.state_dir" => t.state_dir = required_path(raw)?,
+        "tailscale.socket" => t.socket = required_path(raw)?,
+        "tailscale.boot_timeout" => t.boot_timeout = timeout_value(raw)?,
+        "tailscale.hostname" => {
+            t.hostname = optional_text(raw)?;
+            if let Some(name) = &t.hostname {
+                check_hostname(name)?;
+            }
         }
-        "tailscale.hostname" => t.hostname = optional_text(raw)?,
         "tailscale.auth_key_file" => t.auth_key_file = optional_path(raw)?,
         "tailscale.login_server" => t.login_server = optional_text(raw)?,
         "tailscale.accept_dns" => t.accept_dns = bool_value(raw)?,
-        "tailscale.advertise_tags" => t.advertise_tags = list_value(raw)?,
-        "tailscale.advertise_routes" => t.advertise_routes = list_value(raw)?,
-        "tailscale.up_timeout" => t.up_timeout = duration_value(raw, false)?.unwrap_or_default(),
-        "tailscale.extra_up_args" => t.extra_up_args = args_value(raw)?,
+        "tailscale.advertise_tags" => {
+            t.advertise_tags = list_value(raw)?;
+            t.advertise_tags.iter().try_for_each(|tag| check_tag(tag))?;
+        }
+        "tailscale.advertise_routes" => {
+            t.advertise_routes = list_value(raw)?;
+            check_routes(&t.advertise_routes)?;
+        }
+        "tailscale.up_timeout" => t.up_timeout = timeout_value(raw)?,
+        "tailscale.extra_up_args" => {
+            (t.extra_up_args, t.up_secrets) =
+                crate::tailscale::split_secret_args(&args_value(raw)?);
+        }
         "tailscale.tailscaled_args" => t.tailscaled_args = args_value(raw)?,
         "tailscale.socks5_server" => t.socks5_server = text(raw)?,
         "tailscale.http_proxy" => t.http_proxy = text(raw)?,
@@ -473,7 +610,7 @@ fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), String> {
         "tailscale.logout_on_exit" => t.logout_on_exit = bool_value(raw)?,
         "tailscale.keep_caps" => t.keep_caps = bool_value(raw)?,
         "hosts.enabled" => h.enabled = bool_value(raw)?,
-        "hosts.path" => h.path = PathBuf::from(text(raw)?),
+        "hosts.path" => h.path = required_path(raw)?,
         "hosts.ipv6" => h.ipv6 = bool_value(raw)?,
         "hosts.short_names" => h.short_names = bool_value(raw)?,
         "hosts.online_only" => h.online_only = bool_value(raw)?,
@@ -707,15 +844,125 @@ pub fn load(
         return from_text("built-in configuration", "", env);
     };
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+    let text = read_small_file(&path).map_err(|e| ConfigError {
         origin: origin.clone(),
         message: format!(
-            "cannot read the configuration file: {}; \
-             give an existing file with --config or TSINIT_CONFIG",
-            crate::error::os_message(&e)
+            "cannot read the configuration file: {e}; \
+             give an existing file with --config or TSINIT_CONFIG"
         ),
     })?;
     from_text(&origin, &text, env)
+}
+
+/// The largest file tsinit reads as a setting (configuration, auth key, serve config).
+const MAX_FILE: u64 = 1 << 20;
+
+/// Reads a small text file that a setting names. Only regular files are read (after
+/// symlinks): a FIFO, a device or a directory is refused at once instead of blocking or
+/// reading without end. The error is a message for the user.
+pub fn read_small_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| crate::error::os_message(&e))?;
+    let meta = file.metadata().map_err(|e| crate::error::os_message(&e))?;
+    let kind = meta.file_type();
+    let what = match () {
+        _ if kind.is_file() => None,
+        _ if kind.is_dir() => Some("a directory"),
+        _ if kind.is_fifo() => Some("a FIFO (named pipe)"),
+        _ if kind.is_socket() => Some("a socket"),
+        _ if kind.is_char_device() || kind.is_block_device() => Some("a device"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(what) = what {
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("it is larger than {} KiB", MAX_FILE / 1024));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::error::os_message(&e))?;
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
+}
+
+/// Whether tsinit reads the environment variable `name` (so a value it cannot use is
+/// an error, not silently nothing).
+fn read_by_tsinit(name: &str) -> bool {
+    name.starts_with("TSINIT_")
+        || CONTAINERBOOT_ENV.iter().any(|(n, _)| *n == name)
+        || crate::tailscale::KEY_VARS
+            .iter()
+            .any(|v| name == *v || name.strip_suffix("_FILE") == Some(v))
+}
+
+/// The TSINIT_* variables that are not settings: the configuration file, the log
+/// level, and the image name scripts/image and compose.yaml use (accepted and ignored).
+const OTHER_VARS: [&str; 3] = ["TSINIT_CONFIG", crate::logging::ENV, "TSINIT_IMAGE"];
+
+/// Checks the environment's names and values before anything is read from it: a
+/// TSINIT_* variable that is no setting (a misspelt one would be ignored silently), or
+/// a variable tsinit reads whose value is not UTF-8, is an error.
+pub fn check_environment(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), ConfigError> {
+    let known: Vec<String> = KEYS
+        .iter()
+        .map(|k| env_name(k))
+        .chain(OTHER_VARS.iter().map(|v| v.to_string()))
+        .collect();
+    for (name, value) in vars {
+        let shown = name.to_string_lossy();
+        if shown.starts_with("TSINIT_") && !known.iter().any(|k| *k == shown) {
+            // A name cut short counts as closest; else the fewest edits away.
+            let closest = known
+                .iter()
+                .filter(|k| *k != "TSINIT_IMAGE")
+                .min_by_key(|k| match k.starts_with(&*shown) {
+                    true => 0,
+                    false => edit_distance(k, &shown),
+                })
+                .cloned()
+                .unwrap_or_default();
+            return Err(ConfigError {
+                origin: format!("{shown}={:?}", value.to_string_lossy()),
+                message: format!(
+                    "no such setting (did you mean {closest}?); the variables are listed in \
+                     the README's Configuration table"
+                ),
+            });
+        }
+        if read_by_tsinit(&shown) && value.to_str().is_none() {
+            return Err(ConfigError {
+                origin: shown.to_string(),
+                message: "the value is not valid UTF-8: set it to UTF-8 text, or unset it"
+                    .to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance between `a` and `b` (by characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Builds the configuration from a file's `text` (named `origin` in errors) and the
@@ -1109,6 +1356,150 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.origin, "/nonexistent/from-env.toml");
+    }
+
+    #[test]
+    fn empty_paths_and_zero_timeouts_are_refused() {
+        for (var, want) in [
+            ("TSINIT_TAILSCALE_STATE_DIR", "an empty path is not allowed"),
+            ("TSINIT_TAILSCALE_SOCKET", "an empty path is not allowed"),
+            ("TS_STATE_DIR", "an empty path is not allowed"),
+            ("TSINIT_HOSTS_PATH", "an empty path is not allowed"),
+        ] {
+            let err = load_text("", &[(var, "")]).unwrap_err();
+            assert_eq!(err.origin, format!("{var}=\"\""));
+            assert!(err.message.starts_with(want), "{var}: {err}");
+        }
+        for (var, value) in [
+            ("TSINIT_TAILSCALE_UP_TIMEOUT", "0s"),
+            ("TSINIT_TAILSCALE_BOOT_TIMEOUT", "0ms"),
+            ("TS_BOOT_TIMEOUT", "0s"),
+        ] {
+            let err = load_text("", &[(var, value)]).unwrap_err();
+            assert!(
+                err.message.contains("a timeout of 0 is not allowed"),
+                "{err}"
+            );
+        }
+        let err = load_text("[tailscale]\nup_timeout = \"0s\"\n", &[]).unwrap_err();
+        assert_eq!(err.origin, "FILE:2:14");
+        // Optional paths: "" means "not set".
+        let c = load_text("", &[("TSINIT_TAILSCALE_AUTH_KEY_FILE", "")]).unwrap();
+        assert_eq!(c.tailscale.auth_key_file, None);
+    }
+
+    #[test]
+    fn tags_routes_and_hostnames_are_checked_as_the_cli_checks_them() {
+        for (var, value, want) in [
+            (
+                "TSINIT_TAILSCALE_ADVERTISE_TAGS",
+                "tag:ok,server",
+                "`server`: tags must start with \"tag:\"",
+            ),
+            ("TSINIT_TAILSCALE_ADVERTISE_TAGS", "tag:", "is empty"),
+            (
+                "TSINIT_TAILSCALE_ADVERTISE_TAGS",
+                "tag:1x",
+                "start with a letter",
+            ),
+            (
+                "TSINIT_TAILSCALE_ADVERTISE_TAGS",
+                "tag:a_b",
+                "letters, digits and dashes",
+            ),
+            ("TS_ROUTES", "10.0.0.1/8", "write 10.0.0.0/8"),
+            ("TS_ROUTES", "10.0.0.0", "not a route"),
+            ("TS_ROUTES", "10.0.0.0/33", "prefix length must be 0 to 32"),
+            ("TS_ROUTES", "fd00::1/64", "write fd00::/64"),
+            ("TS_ROUTES", "x/8", "not an IP address"),
+            ("TS_ROUTES", "0.0.0.0/0", "0.0.0.0/0 needs ::/0"),
+            ("TS_HOSTNAME", "my_host", "letters, digits, dashes"),
+            ("TS_HOSTNAME", "-web", "start and end"),
+            ("TS_HOSTNAME", "a..b", "empty label"),
+        ] {
+            let err = load_text("", &[(var, value)]).unwrap_err();
+            assert!(err.message.contains(want), "{var}={value}: {err}");
+        }
+        let ok = load_text(
+            "",
+            &[
+                ("TSINIT_TAILSCALE_ADVERTISE_TAGS", "tag:web,tag:db-1"),
+                (
+                    "TS_ROUTES",
+                    "10.0.0.0/8,192.168.1.0/24,fd7a::/16,0.0.0.0/0,::/0",
+                ),
+                ("TS_HOSTNAME", "web-1.example"),
+            ],
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn the_environment_is_checked_before_it_is_read() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let vars = |list: Vec<(&str, OsString)>| {
+            list.into_iter()
+                .map(|(k, v)| (OsString::from(k), v))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let ok = vars(vec![
+            ("TSINIT_GRACE_PERIOD", "5s".into()),
+            ("TSINIT_CONFIG", "/x".into()),
+            ("TSINIT_LOG", "debug".into()),
+            ("PATH", "/bin".into()),
+            ("OTHER", OsString::from_vec(vec![0xff])),
+            ("TS_DEBUG_X", OsString::from_vec(vec![0xff])),
+        ]);
+        assert_eq!(check_environment(ok), Ok(()));
+        let err = check_environment(vars(vec![("TSINIT_GRACE", "5s".into())])).unwrap_err();
+        assert_eq!(err.origin, "TSINIT_GRACE=\"5s\"");
+        assert!(
+            err.message.contains("did you mean TSINIT_GRACE_PERIOD?"),
+            "{err}"
+        );
+        let err = check_environment(vars(vec![("TSINIT_HOST_PATH", "/h".into())])).unwrap_err();
+        assert!(err.message.contains("TSINIT_HOSTS_PATH"), "{err}");
+        for var in [
+            "TS_HOSTNAME",
+            "TSINIT_CONFIG",
+            "TS_AUTHKEY",
+            "TS_AUTHKEY_FILE",
+        ] {
+            let bad = vars(vec![(var, OsString::from_vec(b"ab\xffc".to_vec()))]);
+            let err = check_environment(bad).unwrap_err();
+            assert_eq!(err.origin, var);
+            assert!(err.message.contains("not valid UTF-8"), "{err}");
+        }
+    }
+
+    #[test]
+    fn setting_files_must_be_regular_files() {
+        let dir = std::env::temp_dir().join(format!("tsinit-cfg-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Returns at once (a blocking open or read would hang the test).
+        assert_eq!(
+            read_small_file(&fifo).unwrap_err(),
+            "it is a FIFO (named pipe), not a regular file"
+        );
+        assert_eq!(
+            read_small_file(Path::new("/dev/zero")).unwrap_err(),
+            "it is a device, not a regular file"
+        );
+        assert!(read_small_file(&dir).unwrap_err().contains("a directory"));
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'a'; 2 << 20]).unwrap();
+        assert!(read_small_file(&big).unwrap_err().contains("larger than"));
+        let link = dir.join("link");
+        std::fs::write(dir.join("ok"), "text").unwrap();
+        std::os::unix::fs::symlink(dir.join("ok"), &link).unwrap();
+        assert_eq!(read_small_file(&link).unwrap(), "text");
+        let err = load(Some(&fifo), &|_| None).unwrap_err();
+        assert!(err.message.contains("FIFO"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

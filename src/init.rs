@@ -170,6 +170,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// The highest pid Linux hands out (PID_MAX_LIMIT on 64-bit kernels).
+const PID_MAX_LIMIT: i32 = 4_194_304;
+/// Without /proc: how many pids past the next free one are probed for processes
+/// started during the shutdown.
+const PROBE_MARGIN: i32 = 4096;
+
 pub struct Init {
     signals: Signals,
     config: Config,
@@ -181,6 +187,8 @@ pub struct Init {
     /// A stop signal (TERM, INT, QUIT, HUP) that arrived before the workload started.
     stop: Option<c_int>,
     escalate_at: Option<Instant>,
+    /// Without a /proc of our own, as PID 1: the pids probed for leftovers stop here.
+    probe_limit: Option<i32>,
 }
 
 impl Init {
@@ -209,6 +217,7 @@ impl Init {
             workload_exit: None,
             stop: None,
             escalate_at: None,
+            probe_limit: None,
         }
     }
 
@@ -422,10 +431,10 @@ impl Init {
         let proc_ok = procs::shows_our_namespace(Path::new("/proc"));
         if !proc_ok {
             debug!(
-                "/proc shows another PID namespace; signalling {} instead of listing processes",
+                "/proc shows another PID namespace; {} instead of listing processes",
                 match self.mode {
-                    Mode::Pid1 => "every process in ours",
-                    Mode::Subreaper => "the workload's process group",
+                    Mode::Pid1 => "probing the pids of ours",
+                    Mode::Subreaper => "signalling the workload's process group",
                 }
             );
         }
@@ -533,6 +542,31 @@ impl Init {
                     };
                 }
                 Err(e) => warn!("cannot list processes in /proc: {e}"),
+            }
+        }
+        if self.mode == Mode::Pid1 {
+            // No /proc of our own: as PID 1 every process in the namespace is ours, and
+            // pids are handed out in order, so probing each pid below the next one
+            // finds them all (barring a wrap-around of pid_max) without touching the
+            // services, which kill(-1) could not spare.
+            // The bound is learnt once per shutdown (each probe child would wake the
+            // loop again), with room for processes started since.
+            if self.probe_limit.is_none() {
+                self.probe_limit = sys::next_pid()
+                    .map(|next| (next + PROBE_MARGIN).min(PID_MAX_LIMIT))
+                    .inspect_err(|e| warn!("cannot probe for processes: {e}"))
+                    .ok();
+            }
+            if let Some(limit) = self.probe_limit {
+                let pids: Vec<i32> = (2..limit)
+                    .filter(|&p| p != self.me && !services.contains(&p))
+                    .filter(|&p| sys::pid_exists(p))
+                    .collect();
+                return if pids.is_empty() {
+                    Remaining::None
+                } else {
+                    Remaining::Pids(pids)
+                };
             }
         }
         if self.reaper.has_children {

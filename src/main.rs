@@ -5,7 +5,9 @@
 //! SIGPIPE to ignored before tsinit can record how its parent left it.
 #![no_main]
 
+use std::collections::HashMap;
 use std::ffi::{OsString, c_char, c_int};
+use std::io::Write;
 
 use log::{debug, warn};
 use tsinit::cli::{self, Invocation, USAGE, UsageError};
@@ -36,11 +38,12 @@ fn run(args: Vec<OsString>) -> i32 {
     let run_args = match cli::parse(args.get(1..).unwrap_or_default()) {
         Ok(Invocation::Run(run_args)) => run_args,
         Ok(Invocation::Help) => {
-            print!("{USAGE}");
+            std::io::stdout().write_all(USAGE.as_bytes()).ok();
             return 0;
         }
         Ok(Invocation::Version) => {
-            println!("tsinit {}", env!("CARGO_PKG_VERSION"));
+            let version = concat!("tsinit ", env!("CARGO_PKG_VERSION"), "\n");
+            std::io::stdout().write_all(version.as_bytes()).ok();
             return 0;
         }
         Ok(Invocation::Subcommand(name, rest)) => {
@@ -48,16 +51,31 @@ fn run(args: Vec<OsString>) -> i32 {
             return commands::run(&name, &rest);
         }
         Err(UsageError(msg)) => {
-            eprintln!("tsinit: error: {msg}\n\n{USAGE}");
+            logging::print_error(&format!("{msg}\n\n{USAGE}"));
             return EXIT_USAGE;
         }
     };
     logging::init(run_args.verbosity);
-    let env = |name: &str| std::env::var(name).ok();
+    // The environment is read once, checked, and the secrets in it are taken out of
+    // tsinit's own environment before anything else (a thread, a child) exists.
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    if let Err(e) = config::check_environment(vars.iter().cloned()) {
+        return fail(Error::Config(e));
+    }
+    let snapshot: HashMap<String, String> = vars
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let mut holds_secret = hide_secrets(&snapshot);
+    let env = |name: &str| snapshot.get(name).cloned();
     let config = match config::load(run_args.config.as_deref(), &env) {
         Ok(config) => config,
         Err(e) => return fail(Error::Config(e)),
     };
+    for secret in &config.tailscale.up_secrets {
+        logging::add_secret(&secret.value);
+        holds_secret = true;
+    }
     debug!("configuration: {config:?}");
 
     // 3. Preflight: decide whether and how tailscaled runs (kernel or userspace).
@@ -66,6 +84,12 @@ fn run(args: Vec<OsString>) -> i32 {
         Err(e) => return fail(e),
     };
     let on_failure = config.on_failure;
+    if holds_secret || tailnet.as_ref().is_some_and(|t| t.holds_secret()) {
+        // Its memory holds a secret: readable only with CAP_SYS_PTRACE from now on.
+        if let Err(e) = sys::set_not_dumpable() {
+            warn!("cannot make tsinit non-dumpable: {e}");
+        }
+    }
 
     // 4. Become the init: PID 1 as is, otherwise a child subreaper.
     let mut init = Init::new(signals, config);
@@ -133,6 +157,41 @@ fn run(args: Vec<OsString>) -> i32 {
 
 /// Prints tsinit's own failure once and returns its exit status.
 fn fail(e: Error) -> i32 {
-    eprintln!("tsinit: error: {e}");
+    logging::print_error(&e.to_string());
     e.exit_code()
+}
+
+/// Takes the secrets out of tsinit's own environment: the auth key variables go, and
+/// the extra `up` arguments lose their `--auth-key`/`--client-secret`/`--id-token`
+/// (the workload sees them without). Every secret is also hidden from the log. Returns
+/// whether there was any. Runs while tsinit has a single thread.
+fn hide_secrets(env: &HashMap<String, String>) -> bool {
+    let mut any = false;
+    for var in tailscale::KEY_VARS {
+        if let Some(value) = env.get(var) {
+            logging::add_secret(value);
+            any |= sys::scrub_env(var);
+        }
+    }
+    let extra_vars = [
+        "TS_EXTRA_ARGS".to_string(),
+        config::env_name("tailscale.extra_up_args"),
+    ];
+    for var in &extra_vars {
+        let Some(value) = env.get(var) else { continue };
+        let args: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+        let (rest, secrets) = tailscale::split_secret_args(&args);
+        if secrets.is_empty() {
+            continue;
+        }
+        for secret in &secrets {
+            logging::add_secret(&secret.value);
+        }
+        sys::scrub_env(var);
+        if let Err(e) = sys::set_env(var, &rest.join(" ")) {
+            debug!("cannot set {var} without its secrets: {e}");
+        }
+        any = true;
+    }
+    any
 }

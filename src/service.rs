@@ -129,6 +129,8 @@ impl Daemon {
 
 /// tailscaled and everything tsinit needs to run it.
 pub struct Tailnet {
+    /// The state directory's lock, held until tsinit exits.
+    _lock: nix::fcntl::Flock<File>,
     tailscaled: PathBuf,
     tailscale: PathBuf,
     cfg: config::Tailscale,
@@ -137,6 +139,8 @@ pub struct Tailnet {
     mode_note: String,
     desired: Desired,
     key: Option<AuthKey>,
+    /// `--client-secret`/`--id-token` from the extra `up` arguments.
+    secrets: Vec<tailscale::SecretArg>,
     grace: Duration,
     daemon: Option<Daemon>,
     retry_at: Option<Instant>,
@@ -170,7 +174,7 @@ struct ServeSetup {
 
 /// Reads a ServeConfig file, `${TS_CERT_DOMAIN}` replaced by `domain`.
 fn read_serve_file(path: &Path, domain: &str) -> Result<crate::serve::Fragment, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| crate::error::os_message(&e))?;
+    let text = config::read_small_file(path)?;
     let expanded = crate::serve::expand_cert_domain(&text, domain);
     let value: serde_json::Value =
         serde_json::from_str(&expanded).map_err(|e| format!("not JSON: {e}"))?;
@@ -346,19 +350,38 @@ pub fn prepare(
              (ALL_PROXY), not directly"
         );
     }
+    let extra_key = t.up_secrets.iter().rfind(|s| s.flag == "auth-key");
     let key = tailscale::auth_key(
         t.auth_key_file.as_deref(),
         env,
+        extra_key,
         Path::new(tailscale::SECRET_FILE),
     )
-    .map_err(Error::Unavailable)?;
+    .map_err(|message| {
+        Error::Config(config::ConfigError {
+            origin: "auth key".to_string(),
+            message,
+        })
+    })?;
     if let Some(key) = &key {
         tailscale::check_key(key, &desired).map_err(Error::Unavailable)?;
         debug!("auth key from {}", key.source);
     }
+    if config.hosts.enabled {
+        check_hosts_path(&config.hosts.path)?;
+    }
+    let lock = lock_state_dir(&t.state_dir, &hostname)?;
+    refuse_live_socket(&t.socket)?;
     Ok(Some(Tailnet {
+        _lock: lock,
         tailscaled,
         tailscale,
+        secrets: t
+            .up_secrets
+            .iter()
+            .filter(|s| s.flag != "auth-key")
+            .cloned()
+            .collect(),
         cfg: t.clone(),
         userspace,
         mode_note,
@@ -379,6 +402,85 @@ pub fn prepare(
         serve_watch: None,
         serve,
     }))
+}
+
+/// The file in the state directory that tsinit holds locked while it runs.
+pub const LOCK_FILE: &str = "tsinit.lock";
+
+/// Locks the state directory for this tsinit's lifetime: a second tsinit (a second
+/// replica on the same volume, an old container still running) would otherwise start a
+/// second tailscaled with the same node key. The lock file names its holder.
+fn lock_state_dir(dir: &Path, hostname: &str) -> Result<nix::fcntl::Flock<File>, Error> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = dir.join(LOCK_FILE);
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("cannot lock {}: {e}", path.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| failed(&crate::error::os_message(&e)))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            file.read_to_string(&mut holder).ok();
+            let holder = holder.trim();
+            return Err(Error::Unavailable(format!(
+                "another tsinit/tailscaled uses {}: {}; stop it first, or give this one a \
+                 state directory of its own (tailscale.state_dir, TS_STATE_DIR): two \
+                 tailscaled on one state would share one node key",
+                dir.display(),
+                if holder.is_empty() {
+                    "its pid is not known"
+                } else {
+                    holder
+                }
+            )));
+        }
+        Err((_, e)) => return Err(failed(&e)),
+    };
+    let me = format!("pid {} in {hostname}\n", std::process::id());
+    let written = lock
+        .set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|_| lock.write_all(me.as_bytes()));
+    if let Err(e) = written {
+        debug!("cannot note tsinit's pid in {}: {e}", path.display());
+    }
+    Ok(lock)
+}
+
+/// Refuses to start when a daemon answers on the LocalAPI socket already (one not
+/// started by a tsinit, which would hold the lock): only a socket nobody answers on is
+/// stale and may be removed.
+fn refuse_live_socket(socket: &Path) -> Result<(), Error> {
+    let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(Error::Unavailable(format!(
+            "a tailscaled already answers on {}: stop it first, or give tsinit another \
+             socket (tailscale.socket, TS_SOCKET)",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a hosts file that is not a regular file (after symlinks): reading a FIFO
+/// would block, a device has no block to keep. A missing file is only warned about later.
+fn check_hosts_path(path: &Path) -> Result<(), Error> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(Error::Config(config::ConfigError {
+            origin: format!("hosts.path = {:?}", path.display().to_string()),
+            message: "it is not a regular file; point hosts.path (TSINIT_HOSTS_PATH) at the \
+                      hosts file, or set hosts.enabled = false"
+                .to_string(),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// The preflight checks for `config` on this machine; `may_mknod`: create a missing
@@ -480,6 +582,11 @@ impl Tailnet {
         env
     }
 
+    /// Whether tsinit holds a secret for tailscale (an auth key, a client secret...).
+    pub fn holds_secret(&self) -> bool {
+        self.key.is_some() || !self.secrets.is_empty()
+    }
+
     /// Whether the workload keeps CAP_NET_ADMIN/CAP_NET_RAW.
     pub fn keep_caps(&self) -> bool {
         self.cfg.keep_caps
@@ -494,6 +601,7 @@ impl Tailnet {
             self.spawn(init)?;
         }
         let mut status = self.wait_ready(init, deadline)?;
+        self.check_state_store(&status)?;
         let mut prefs = None;
         if status.backend_state == "NoState" {
             // Answering already, but not started: a saved login would look like none.
@@ -504,7 +612,8 @@ impl Tailnet {
                 debug!("tailscaled has a saved login (state still NoState): Starting");
                 "Starting".to_string()
             } else {
-                self.wait_for_state(init, deadline, true, |s| s != 0, None)?
+                let limit = ("tailscale.boot_timeout", self.cfg.boot_timeout);
+                self.wait_for_state(init, deadline, limit, true, |s| s != 0, None)?
             };
             prefs = Some(p);
         }
@@ -530,7 +639,9 @@ impl Tailnet {
             };
             let until = Instant::now() + self.cfg.up_timeout;
             let left_starting = |s| s != 0 && s != 5;
-            result = match self.wait_for_state(init, until, false, left_starting, meanwhile) {
+            let limit = ("tailscale.up_timeout", self.cfg.up_timeout);
+            result = match self.wait_for_state(init, until, limit, false, left_starting, meanwhile)
+            {
                 Ok(state) if state == "Running" => Ok(()),
                 Ok(state) => Err(BringupError::Failed(format!(
                     "tailscaled went from Starting to {state}: {}",
@@ -871,7 +982,9 @@ impl Tailnet {
         {
             debug!("cannot note the networking mode for `tsinit status`: {e}");
         }
-        // A socket left by a tailscaled that was killed would answer nothing.
+        // A socket left by a tailscaled that was killed answers nothing; one that
+        // answers belongs to a daemon tsinit did not start.
+        refuse_live_socket(&self.cfg.socket).map_err(|e| BringupError::Failed(e.to_string()))?;
         if std::fs::symlink_metadata(&self.cfg.socket).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(&self.cfg.socket)
                 .map_err(|e| failed("remove the stale socket", e))?;
@@ -1043,6 +1156,7 @@ impl Tailnet {
         &mut self,
         init: &mut Init,
         deadline: Instant,
+        (setting, limit): (&str, Duration),
         probe_status: bool,
         done: fn(usize) -> bool,
         mut meanwhile: Option<Meanwhile>,
@@ -1086,9 +1200,15 @@ impl Tailnet {
                 .status()
                 .map(|s| s.backend_state)
                 .unwrap_or_default();
+            let lines = self
+                .daemon
+                .as_ref()
+                .map(Daemon::last_lines)
+                .unwrap_or_default();
             return Err(BringupError::Failed(format!(
-                "tailscaled is still in state {state} after {}",
-                duration::format(self.cfg.up_timeout)
+                "tailscaled is still in state {state} after {} ({setting}); its last \
+                 lines:\n{lines}",
+                duration::format(limit)
             )));
         };
         let state = match STATES.get(byte as usize) {
@@ -1102,6 +1222,29 @@ impl Tailnet {
         };
         debug!("tailscaled state: {state}");
         Ok(state)
+    }
+
+    /// Fails at once when tailscaled could not read its state (a file truncated by a
+    /// crash, say): it then runs on an empty in-memory store, never logs in, and waiting
+    /// would only end in a timeout. The damaged file is left as it is.
+    fn check_state_store(&self, status: &Status) -> Result<(), BringupError> {
+        let Some(problem) = status
+            .health
+            .iter()
+            .find(|h| h.contains("State store failed to initialize"))
+        else {
+            return Ok(());
+        };
+        let why = problem
+            .split_once("Error: ")
+            .map_or(problem.as_str(), |(_, e)| e);
+        let state = self.cfg.state_dir.join("tailscaled.state");
+        Err(BringupError::Failed(format!(
+            "tailscaled cannot read its state: {why}\nfix: if {} is damaged, move it aside \
+             (keep it: it holds the node's keys) and start again; the node then logs in as a \
+             new machine (with an auth key)",
+            state.display()
+        )))
     }
 
     /// Fails if a stop signal came, the workload ended, or tailscaled died.
@@ -1176,7 +1319,7 @@ impl Tailnet {
             }
             Plan::Set(args) => self.run_set(init, args),
             Plan::Up { args, needs_key } => {
-                let with_key = needs_key && self.key.is_some();
+                let with_key = needs_key && self.holds_secret();
                 if needs_key && !with_key {
                     warn!(
                         "tailscale is not logged in and no auth key was given \
@@ -1235,23 +1378,25 @@ impl Tailnet {
         let output = memfd_create(c"tailscale-output", MFdFlags::MFD_CLOEXEC)
             .map_err(|e| io("memfd", &e))?;
         let mut output = File::from(output);
-        let key_fd: Option<OwnedFd> = match (&self.key, with_key) {
-            (Some(key), true) => {
-                // Not close-on-exec: the CLI reads it as /proc/self/fd/N.
-                let fd = memfd_create(c"tailscale-auth-key", MFdFlags::empty())
+        // Each secret in a memory file the CLI reads as /proc/self/fd/N (so not
+        // close-on-exec).
+        let mut secret_fds: Vec<(&str, OwnedFd)> = Vec::new();
+        if with_key {
+            let key = self.key.as_ref().map(|k| ("auth-key", k.key.as_str()));
+            let others = self.secrets.iter().map(|s| (s.flag, s.value.as_str()));
+            for (flag, value) in key.into_iter().chain(others) {
+                let fd = memfd_create(c"tailscale-secret", MFdFlags::empty())
                     .map_err(|e| io("memfd", &e))?;
                 let mut f = File::from(fd);
-                f.write_all(key.key.as_bytes())
-                    .map_err(|e| io("memfd", &e))?;
-                Some(OwnedFd::from(f))
+                f.write_all(value.as_bytes()).map_err(|e| io("memfd", &e))?;
+                secret_fds.push((flag, OwnedFd::from(f)));
             }
-            _ => None,
-        };
+        }
         let mut cmd = Command::new(&self.tailscale);
         cmd.arg(format!("--socket={}", self.cfg.socket.display()))
             .args(args);
-        if let Some(fd) = &key_fd {
-            cmd.arg(format!("--auth-key=file:/proc/self/fd/{}", fd.as_raw_fd()));
+        for (flag, fd) in &secret_fds {
+            cmd.arg(format!("--{flag}=file:/proc/self/fd/{}", fd.as_raw_fd()));
         }
         let interactive = args.first().is_some_and(|a| a == "up") && !with_key;
         let out = output.try_clone().map_err(|e| io("dup", &e))?;
@@ -1273,7 +1418,7 @@ impl Tailnet {
             .spawn(&mut cmd)
             .map_err(|e| io(&format!("cannot run tailscale {shown}"), &e))?;
         drop(cmd); // closes our copies of the child's stdout/stderr
-        drop(key_fd); // the CLI has its own copy now
+        drop(secret_fds); // the CLI has its own copies now
         let deadline = Instant::now() + limit;
         let exit = loop {
             if let Some(exit) = init.take_exit(pid) {
@@ -1311,8 +1456,13 @@ impl Tailnet {
             .status()
             .map(|s| s.health.join("; "))
             .unwrap_or_default();
-        let cli = text.trim().lines().last().unwrap_or_default().to_string();
-        let why = if health.is_empty() { cli } else { health };
+        // The CLI's own words first (a bad flag, a refused value), then tailscaled's.
+        let cli = cli_error(&text);
+        let why = match (cli.is_empty(), health.is_empty()) {
+            (true, _) => health,
+            (false, true) => cli,
+            (false, false) => format!("{cli} (tailscaled says: {health})"),
+        };
         let sep = if why.is_empty() { "" } else { ": " };
         Err(BringupError::Failed(format!(
             "tailscale {shown} failed ({}){sep}{why}",
@@ -1326,6 +1476,21 @@ impl Tailnet {
         self.retry_at = Some(Instant::now() + backoff);
         warn!("retrying tailscale in {}", duration::format(backoff));
     }
+}
+
+/// The line of a failed CLI call's output that says what went wrong: the first one when
+/// the CLI printed its usage after it (a flag it refused), else the last one.
+fn cli_error(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = match lines.contains(&"USAGE") {
+        true => lines.first(),
+        false => lines.last(),
+    };
+    line.copied().unwrap_or_default().to_string()
 }
 
 /// Where tailscaled's log lines go.
@@ -1344,8 +1509,20 @@ fn forward_log(
     let spawned = std::thread::Builder::new()
         .name("tailscaled-log".to_string())
         .spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+            let mut reader = BufReader::new(stderr);
+            let mut raw = Vec::new();
+            loop {
+                // Bytes, not UTF-8 lines: tailscaled prints interface names and other
+                // outside text as it gets them, and one bad byte must not end its log.
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let text = String::from_utf8_lossy(&raw);
+                let line = text.trim_end_matches(['\n', '\r']).to_string();
                 match &mut sink {
                     LogSink::Log(level) => {
                         if let Some(level) = level.to_level() {
@@ -1353,7 +1530,7 @@ fn forward_log(
                         }
                     }
                     LogSink::File(file) => {
-                        writeln!(file, "{line}").ok();
+                        writeln!(file, "{}", crate::logging::redact(&line)).ok();
                     }
                 }
                 if let Ok(mut t) = tail.lock() {
@@ -1650,6 +1827,19 @@ impl HostsSync {
 #[cfg(test)]
 mod tests {
     use super::named_after;
+
+    #[test]
+    fn the_cli_error_is_the_line_that_says_what_is_wrong() {
+        use super::cli_error;
+        let usage = "flag provided but not defined: -foo\nConnect to Tailscale\n\nUSAGE\n  \
+                     tailscale up [flags]\n  --timeout value\n    \tmaximum time\n";
+        assert_eq!(cli_error(usage), "flag provided but not defined: -foo");
+        assert_eq!(
+            cli_error("some progress\nbackend error: invalid key\n"),
+            "backend error: invalid key"
+        );
+        assert_eq!(cli_error(""), "");
+    }
 
     #[test]
     fn dns_names_after_a_hostname() {

@@ -354,3 +354,103 @@ pub unsafe fn args_from_c(argc: c_int, argv: *const *const c_char) -> Vec<OsStri
         })
         .collect()
 }
+
+unsafe extern "C" {
+    /// The C library's environment array.
+    static mut environ: *mut *mut c_char;
+}
+
+/// Removes the variable `name` from this process's environment and overwrites its value
+/// where it was stored, so that it can no longer be read from the process's memory nor
+/// from /proc/<pid>/environ (which shows the environment block the kernel set up at
+/// exec, whatever the C library's copy says). Returns whether it was there.
+///
+/// Call only while tsinit has a single thread (before any thread or child exists).
+pub fn scrub_env(name: &str) -> bool {
+    let prefix = format!("{name}=");
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    let mut found = false;
+    // SAFETY: single-threaded (the caller's contract), so nothing changes `environ` while
+    // we walk it. Every entry is a NUL-terminated string; we only overwrite the bytes of
+    // the value (after '=', before the NUL) of a live entry, leaving "NAME=" so that
+    // unsetenv still finds it, then let unsetenv remove it from the array.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let s = *entry;
+            let bytes = CStr::from_ptr(s).to_bytes();
+            if bytes.starts_with(prefix.as_bytes()) {
+                let value = s.add(prefix.len());
+                std::ptr::write_bytes(value, 0, bytes.len() - prefix.len());
+                found = true;
+            }
+            entry = entry.add(1);
+        }
+        if found {
+            libc::unsetenv(cname.as_ptr());
+        }
+    }
+    found
+}
+
+/// Sets `name` to `value` in this process's environment (for the children it starts);
+/// the new value lives in the heap, not in the block /proc/<pid>/environ shows.
+///
+/// Call only while tsinit has a single thread (before any thread or child exists).
+pub fn set_env(name: &str, value: &str) -> io::Result<()> {
+    let (Ok(n), Ok(v)) = (std::ffi::CString::new(name), std::ffi::CString::new(value)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: both are NUL-terminated; single-threaded by the caller's contract.
+    if unsafe { libc::setenv(n.as_ptr(), v.as_ptr(), 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes this process non-dumpable: only a process with CAP_SYS_PTRACE can then read
+/// its memory or /proc/<pid>/environ (no core dumps either). Programs it starts are
+/// dumpable again after their exec.
+pub fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The pid the next new process in this PID namespace would get, learnt by starting a
+/// child that exits at once (reaped here). Pids are handed out in increasing order, so
+/// every live process has a lower one unless the namespace wrapped around pid_max.
+pub fn next_pid() -> io::Result<i32> {
+    // SAFETY: the child only calls _exit, which is async-signal-safe, so forking a
+    // multi-threaded process is sound here.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: _exit ends the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status: c_int = 0;
+    // SAFETY: `status` is a valid writable int; `pid` is our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+    Ok(pid)
+}
+
+/// Whether a process with this pid exists in our PID namespace (a zombie counts). A
+/// thread's id is not a process: kill() would reach the thread's whole process, so the
+/// check asks for a thread `pid` that leads thread group `pid`.
+pub fn pid_exists(pid: i32) -> bool {
+    // SAFETY: tgkill with signal 0 only checks; integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -214,6 +214,67 @@ pub fn up_args(desired: &Desired) -> Vec<String> {
     args
 }
 
+/// A secret given as a `tailscale up` flag in the extra arguments (`--auth-key=...`,
+/// `--client-secret ...`, `--id-token=...`): taken out of them, so it reaches no argv and
+/// no log, and handed to the CLI in a memory file like the auth key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg {
+    /// The flag's canonical name: "auth-key", "client-secret" or "id-token".
+    pub flag: &'static str,
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "--{}=[redacted]", self.flag)
+    }
+}
+
+/// `tailscale up` flags whose value is a secret, and the canonical name of each
+/// (`--authkey` is the older spelling many setups still use).
+const SECRET_FLAGS: [(&str, &str); 4] = [
+    ("auth-key", "auth-key"),
+    ("authkey", "auth-key"),
+    ("client-secret", "client-secret"),
+    ("id-token", "id-token"),
+];
+
+/// Splits `args` (extra `tailscale up` arguments) into the arguments without secrets and
+/// the secrets, read as Go's flag package reads them: `-flag`/`--flag`, then `=value` or
+/// the next argument.
+pub fn split_secret_args(args: &[String]) -> (Vec<String>, Vec<SecretArg>) {
+    let mut rest = Vec::new();
+    let mut secrets = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let flag = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-'))
+            .unwrap_or_default();
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, None),
+        };
+        let Some(&(_, canonical)) = SECRET_FLAGS.iter().find(|(n, _)| *n == name) else {
+            rest.push(arg.clone());
+            continue;
+        };
+        let value = match inline {
+            Some(v) => Some(v.to_string()),
+            None => it.next().cloned(),
+        };
+        match value {
+            Some(value) => secrets.push(SecretArg {
+                flag: canonical,
+                value,
+            }),
+            // A flag with no value: left for the CLI to refuse.
+            None => rest.push(arg.clone()),
+        }
+    }
+    (rest, secrets)
+}
+
 /// An auth key and where it was found (the key itself is never logged).
 pub struct AuthKey {
     pub key: String,
@@ -233,35 +294,57 @@ pub const KEY_VARS: [&str; 3] = ["TS_AUTHKEY", "TS_AUTH_KEY", "TAILSCALE_AUTHKEY
 pub const SECRET_FILE: &str = "/run/secrets/ts_authkey";
 
 /// Finds the auth key: the configured file, else $TS_AUTHKEY / $TS_AUTH_KEY /
-/// $TAILSCALE_AUTHKEY, else the files their `*_FILE` variants name, else
-/// /run/secrets/ts_authkey. A named file that cannot be read is an error.
+/// $TAILSCALE_AUTHKEY, else the files their `*_FILE` variants name, else `--auth-key` in
+/// the extra `up` arguments (`extra`), else /run/secrets/ts_authkey. A named file that
+/// cannot be read is an error, and so is a key given both in the extra arguments and in
+/// one of the other places.
 pub fn auth_key(
     configured: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
+    extra: Option<&SecretArg>,
     secret_file: &Path,
 ) -> Result<Option<AuthKey>, String> {
     let read = |path: &Path, source: String| -> Result<Option<AuthKey>, String> {
-        let key = std::fs::read_to_string(path).map_err(|e| {
+        let key = crate::config::read_small_file(path).map_err(|e| {
             format!(
-                "cannot read the auth key file {} ({source}): {}",
-                path.display(),
-                crate::error::os_message(&e)
+                "cannot read the auth key file {} ({source}): {e}",
+                path.display()
             )
         })?;
         Ok(non_empty(key, source))
     };
-    if let Some(path) = configured {
-        return read(path, "tailscale.auth_key_file".to_string());
-    }
-    for var in KEY_VARS {
-        if let Some(key) = env(var).and_then(|v| non_empty(v, format!("${var}"))) {
-            return Ok(Some(key));
+    let explicit = || -> Result<Option<AuthKey>, String> {
+        if let Some(path) = configured {
+            return read(path, "tailscale.auth_key_file".to_string());
         }
-    }
-    for var in KEY_VARS.map(|v| format!("{v}_FILE")) {
-        if let Some(path) = env(&var).filter(|p| !p.is_empty()) {
-            return read(Path::new(&path), format!("${var}"));
+        for var in KEY_VARS {
+            if let Some(key) = env(var).and_then(|v| non_empty(v, format!("${var}"))) {
+                return Ok(Some(key));
+            }
         }
+        for var in KEY_VARS.map(|v| format!("{v}_FILE")) {
+            if let Some(path) = env(&var).filter(|p| !p.is_empty()) {
+                return read(Path::new(&path), format!("${var}"));
+            }
+        }
+        Ok(None)
+    };
+    let explicit = explicit()?;
+    if let Some(arg) = extra {
+        let source = "--auth-key in the extra `up` arguments".to_string();
+        if let Some(other) = &explicit {
+            return Err(format!(
+                "two auth keys are given, in {} and {source}: keep one",
+                other.source
+            ));
+        }
+        return match arg.value.strip_prefix("file:") {
+            Some(path) => read(Path::new(path), source),
+            None => Ok(non_empty(arg.value.clone(), source)),
+        };
+    }
+    if explicit.is_some() {
+        return Ok(explicit);
     }
     if secret_file.exists() {
         return read(secret_file, secret_file.display().to_string());
@@ -528,36 +611,116 @@ mod tests {
         };
         let found = |r: Result<Option<AuthKey>, String>| r.unwrap().map(|k| (k.key, k.source));
 
-        assert_eq!(found(auth_key(None, &none, &secret)), None);
+        assert_eq!(found(auth_key(None, &none, None, &secret)), None);
         assert_eq!(
-            found(auth_key(Some(&file), &env(&[("TS_AUTHKEY", "x")]), &secret)),
+            found(auth_key(
+                Some(&file),
+                &env(&[("TS_AUTHKEY", "x")]),
+                None,
+                &secret
+            )),
             Some(("tskey-auth-file".into(), "tailscale.auth_key_file".into()))
         );
         assert_eq!(
             found(auth_key(
                 None,
                 &env(&[("TS_AUTH_KEY", "b"), ("TAILSCALE_AUTHKEY", "c")]),
+                None,
                 &secret
             )),
             Some(("b".into(), "$TS_AUTH_KEY".into()))
         );
         let file_env = move |k: &str| (k == "TS_AUTHKEY_FILE").then(|| file.display().to_string());
         assert_eq!(
-            found(auth_key(None, &file_env, &secret)).map(|k| k.0),
+            found(auth_key(None, &file_env, None, &secret)).map(|k| k.0),
             Some("tskey-auth-file".into())
         );
         std::fs::write(&secret, "tskey-secret").unwrap();
         assert_eq!(
-            found(auth_key(None, &none, &secret)).map(|k| k.0),
+            found(auth_key(None, &none, None, &secret)).map(|k| k.0),
             Some("tskey-secret".into())
         );
-        let err = auth_key(Some(Path::new("/nonexistent/k")), &none, &secret).unwrap_err();
+        // --auth-key in the extra arguments: a key (or a file: of one) of its own, and
+        // an error next to another explicit key, but it wins over the secret file.
+        let extra = |v: &str| SecretArg {
+            flag: "auth-key",
+            value: v.to_string(),
+        };
+        assert_eq!(
+            found(auth_key(None, &none, Some(&extra("tskey-x")), &secret)),
+            Some((
+                "tskey-x".into(),
+                "--auth-key in the extra `up` arguments".into()
+            ))
+        );
+        let from_file = format!("file:{}", dir.join("key").display());
+        assert_eq!(
+            found(auth_key(None, &none, Some(&extra(&from_file)), &secret)).map(|k| k.0),
+            Some("tskey-auth-file".into())
+        );
+        let err = auth_key(
+            None,
+            &env(&[("TS_AUTHKEY", "a")]),
+            Some(&extra("b")),
+            &secret,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "two auth keys are given, in $TS_AUTHKEY and --auth-key in the extra `up` \
+             arguments: keep one"
+        );
+        let err = auth_key(Some(Path::new("/nonexistent/k")), &none, None, &secret).unwrap_err();
         assert_eq!(
             err,
             "cannot read the auth key file /nonexistent/k (tailscale.auth_key_file): \
              No such file or directory"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_taken_out_of_the_extra_arguments() {
+        let args: Vec<String> = [
+            "--advertise-exit-node",
+            "--authkey=tskey-auth-a",
+            "-auth-key",
+            "tskey-auth-b",
+            "--client-secret",
+            "tskey-client-c",
+            "-id-token=eyJ.d",
+            "--auth-keys=x",
+            "--client-id=id",
+            "--id-token",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (rest, secrets) = split_secret_args(&args);
+        assert_eq!(
+            rest,
+            [
+                "--advertise-exit-node",
+                "--auth-keys=x",
+                "--client-id=id",
+                "--id-token"
+            ]
+        );
+        let got: Vec<(&str, &str)> = secrets.iter().map(|s| (s.flag, s.value.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("auth-key", "tskey-auth-a"),
+                ("auth-key", "tskey-auth-b"),
+                ("client-secret", "tskey-client-c"),
+                ("id-token", "eyJ.d")
+            ]
+        );
+        assert_eq!(
+            format!("{:?}", secrets[0]),
+            "--auth-key=[redacted]",
+            "never shown"
+        );
     }
 
     #[test]

@@ -11,10 +11,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test: $TSINIT_BIN (the static release build scripts/test makes),
+/// The binary under test: $TEST_TSINIT_BIN (the static release build scripts/test makes),
 /// else the one cargo built for these tests.
 pub fn tsinit_bin() -> PathBuf {
-    std::env::var_os("TSINIT_BIN")
+    std::env::var_os("TEST_TSINIT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tsinit")))
 }
@@ -95,12 +95,12 @@ impl Tag {
 
     /// Tags `cmd`.
     pub fn apply(&self, cmd: &mut Command) {
-        cmd.env("TSINIT_TEST_TAG", &self.0);
+        cmd.env("TEST_TSINIT_TAG", &self.0);
     }
 
     /// The pids of live processes carrying this tag.
     pub fn pids(&self) -> Vec<i32> {
-        let needle = format!("TSINIT_TEST_TAG={}\0", self.0);
+        let needle = format!("TEST_TSINIT_TAG={}\0", self.0);
         all_pids()
             .filter(|pid| {
                 std::fs::read(format!("/proc/{pid}/environ"))
