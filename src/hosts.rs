@@ -6,6 +6,7 @@
 //! END line; tsinit writes that leading newline itself, so removing the block gives back
 //! exactly the file as it was.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -107,26 +108,60 @@ pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
         }
     }
     if opts.short_names {
-        // A short name two machines share is left out rather than guessed.
-        let short = |fqdn: &str| fqdn.split('.').next().unwrap_or_default().to_string();
-        let mut owners: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-            Default::default();
-        for e in &out {
-            owners
-                .entry(short(&e.fqdn))
-                .or_default()
-                .insert(e.fqdn.clone());
-        }
-        for e in &mut out {
-            let s = short(&e.fqdn);
-            if s != e.fqdn && owners.get(&s).is_some_and(|o| o.len() == 1) {
-                e.short = Some(s);
-            }
-        }
+        add_short_names(&mut out, own_suffix(status).as_deref());
     }
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The MagicDNS suffix of the node's own tailnet ("tail1234.ts.net"): from
+/// `CurrentTailnet`, else the status's `MagicDNSSuffix`, else the node's DNS name without
+/// its first label. None while none of these is known.
+pub fn own_suffix(status: &Status) -> Option<String> {
+    let reported = [
+        status
+            .current_tailnet
+            .as_ref()
+            .map(|t| t.magic_dns_suffix.as_str()),
+        Some(status.magic_dns_suffix.as_str()),
+    ];
+    reported
+        .into_iter()
+        .flatten()
+        .find_map(dns_name)
+        .or_else(|| {
+            let me = dns_name(&status.self_.as_ref()?.dns_name)?;
+            me.split_once('.').map(|(_, rest)| rest.to_string())
+        })
+}
+
+/// The short name MagicDNS answers for `fqdn`: its first label, if the rest is the own
+/// tailnet's `suffix`. Nodes shared in from other tailnets have none.
+fn short_name<'a>(fqdn: &'a str, suffix: Option<&str>) -> Option<&'a str> {
+    let label = fqdn.strip_suffix(suffix?)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
+}
+
+/// Gives each entry of the own tailnet its short name, unless two machines share it (then
+/// it is left out rather than guessed).
+fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
+    let mut owners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for e in entries.iter() {
+        if let Some(short) = short_name(&e.fqdn, suffix) {
+            owners.entry(short).or_default().insert(&e.fqdn);
+        }
+    }
+    let unique: BTreeSet<String> = owners
+        .into_iter()
+        .filter(|(_, o)| o.len() == 1)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    for e in entries.iter_mut() {
+        e.short = short_name(&e.fqdn, suffix)
+            .filter(|s| unique.contains(*s))
+            .map(str::to_string);
+    }
 }
 
 fn valid_name(node: &PeerStatus) -> Option<String> {
@@ -159,6 +194,149 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
     out.push_str(END);
     out.push('\n');
     out
+}
+
+/// Names the block never carries, whatever the tailnet says: they name this machine
+/// (RFC 6761 reserves "localhost" and everything under it; the rest are the usual
+/// loopback, multicast and BSD names of hosts files).
+const RESERVED: &[&str] = &[
+    "localhost",
+    "localhost.localdomain",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-mcastprefix",
+    "ip6-allnodes",
+    "ip6-allrouters",
+    "ip6-allhosts",
+    "broadcasthost",
+];
+
+/// `name` as hosts-file lookups compare it: ASCII lower-case, without a trailing dot.
+fn fold(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Whether `name` is reserved (see [`RESERVED`]) or under "localhost.".
+pub fn reserved(name: &str) -> bool {
+    let name = fold(name);
+    RESERVED.contains(&name.as_str()) || name.ends_with(".localhost")
+}
+
+/// The names (folded) the lines of `outside` map: each line is `address name [alias...]`,
+/// and '#' starts a comment anywhere.
+pub fn mapped_names(outside: &[u8]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in outside.split(|&b| b == b'\n') {
+        let line = line.split(|&b| b == b'#').next().unwrap_or_default();
+        let fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        for name in fields.skip(1) {
+            names.insert(fold(&String::from_utf8_lossy(name)));
+        }
+    }
+    names
+}
+
+/// Why a name is left out of the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    /// One of the names of this machine (see [`reserved`]).
+    Reserved,
+    /// A line outside the block maps it already: the block would shadow or contradict it.
+    Mapped,
+}
+
+impl Skip {
+    fn reason(self) -> &'static str {
+        match self {
+            Skip::Reserved => "a reserved name",
+            Skip::Mapped => "already mapped in the hosts file outside the block",
+        }
+    }
+}
+
+/// A name left out of the block, with the address it would have named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub ip: String,
+    pub why: Skip,
+}
+
+/// `block` (from [`render`]) without the names it must not carry: reserved names and
+/// names the lines `outside` it map. A line whose full name goes is dropped whole; a
+/// short name that goes leaves its line with the full name. The BEGIN line's count
+/// follows; a block that loses nothing is returned as it is.
+pub fn without_shadowing(block: &str, outside: &[u8]) -> (String, Vec<Skipped>) {
+    let mapped = mapped_names(outside);
+    let skip = |name: &str| {
+        if reserved(name) {
+            Some(Skip::Reserved)
+        } else {
+            mapped.contains(&fold(name)).then_some(Skip::Mapped)
+        }
+    };
+    let mut skipped = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut names = BTreeSet::new();
+    for line in block.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\n', '\r']);
+        let mut fields = text.split_ascii_whitespace();
+        let (false, Some(ip), Some(fqdn)) = (text.starts_with('#'), fields.next(), fields.next())
+        else {
+            lines.push(line.to_string()); // markers, padding
+            continue;
+        };
+        let mut left_out = |name: &str, why| {
+            skipped.push(Skipped {
+                name: name.to_string(),
+                ip: ip.to_string(),
+                why,
+            })
+        };
+        if let Some(why) = skip(fqdn) {
+            left_out(fqdn, why);
+            continue;
+        }
+        let mut kept = format!("{ip} {fqdn}");
+        for alias in fields {
+            match skip(alias) {
+                Some(why) => left_out(alias, why),
+                None => {
+                    kept.push(' ');
+                    kept.push_str(alias);
+                }
+            }
+        }
+        kept.push('\n');
+        names.insert(fqdn.to_string());
+        lines.push(kept);
+    }
+    if skipped.is_empty() {
+        return (block.to_string(), skipped);
+    }
+    for line in &mut lines {
+        if line.starts_with(BEGIN) {
+            *line = recount(line, names.len());
+        }
+    }
+    (lines.concat(), skipped)
+}
+
+/// A BEGIN line from [`render`] saying `names` names (any other line as it is).
+fn recount(begin: &str, names: usize) -> String {
+    let head = format!("{BEGIN} (");
+    match begin
+        .strip_prefix(&head)
+        .and_then(|rest| rest.split_once(" names, "))
+    {
+        Some((n, rest)) if n.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{head}{names} names, {rest}")
+        }
+        _ => begin.to_string(),
+    }
 }
 
 /// Where a file's managed blocks are.
@@ -252,17 +430,22 @@ fn is_padding(line: &[u8]) -> bool {
         && line[1..line.len() - 1].iter().all(|&b| b == b' ')
 }
 
-/// `block` made at least `len` bytes long by a padding comment line before its END line.
-fn padded(block: &str, len: usize) -> Vec<u8> {
-    let Some(end) = block.rfind(END).filter(|_| block.len() < len) else {
-        return block.as_bytes().to_vec();
+/// `block` made at least `len` bytes long by a padding line before its END line (after
+/// its last line if it has none).
+fn padded(block: &[u8], len: usize) -> Vec<u8> {
+    if block.len() >= len {
+        return block.to_vec();
+    }
+    let pad = padding_line(len - block.len());
+    let end = last_line(block);
+    let at = if line_is(end, END, false) {
+        block.len() - end.len()
+    } else {
+        block.len()
     };
-    let pad = (len - block.len()).max(2);
-    let mut out = block.as_bytes()[..end].to_vec();
-    out.push(b'#');
-    out.extend(std::iter::repeat_n(b' ', pad - 2));
-    out.push(b'\n');
-    out.extend_from_slice(&block.as_bytes()[end..]);
+    let mut out = block[..at].to_vec();
+    out.extend_from_slice(&pad);
+    out.extend_from_slice(&block[at..]);
     out
 }
 
@@ -287,39 +470,50 @@ pub enum Written {
     InPlace,
 }
 
+/// How many times a write starts over because the file changed while it was written.
+const TRIES: usize = 20;
+
 /// The hosts file tsinit keeps its block in.
 pub struct HostsFile {
     path: PathBuf,
-    /// Whether the file is a mount point (a container runtime bind-mounts /etc/hosts):
-    /// then rename() over it fails and it must be written in place. Found out at the
-    /// first write, so start-up does not read /proc/self/mountinfo a second time.
-    mount_point: Option<bool>,
+    /// Whether the file must be written in place: it is a mount point (a container
+    /// runtime bind-mounts /etc/hosts, and rename() over it fails) or its directory is
+    /// not writable. Found out at the first write, so start-up does not read
+    /// /proc/self/mountinfo a second time.
+    in_place: Option<bool>,
+    /// Names already reported as left out (logged once, not at every write).
+    reported: BTreeSet<(String, Skip)>,
+    /// The file the last rename replaced, and how much of it is carried over: lines a
+    /// writer that opened it before the rename writes to it later are carried over at
+    /// the next write.
+    replaced: Option<(File, u64)>,
 }
 
 impl HostsFile {
     pub fn new(path: &Path) -> HostsFile {
         HostsFile {
             path: path.to_path_buf(),
-            mount_point: None,
+            in_place: None,
+            reported: BTreeSet::new(),
+            replaced: None,
         }
     }
 
     /// A file that is written in place whatever it is (for tests of that path).
     pub fn in_place(path: &Path) -> HostsFile {
         HostsFile {
-            path: path.to_path_buf(),
-            mount_point: Some(true),
+            in_place: Some(true),
+            ..HostsFile::new(path)
         }
     }
 
-    fn is_mount_point(&mut self) -> bool {
-        let path = &self.path;
-        *self.mount_point.get_or_insert_with(|| {
+    /// Whether `target` (the resolved hosts file) is to be written in place.
+    fn writes_in_place(&mut self, target: &Path) -> bool {
+        *self.in_place.get_or_insert_with(|| {
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
             crate::preflight::parse_mountinfo(&mountinfo)
                 .iter()
-                .any(|m| m.mount_point == real)
+                .any(|m| m.mount_point == target)
         })
     }
 
@@ -327,80 +521,388 @@ impl HostsFile {
         &self.path
     }
 
-    /// Makes the file's block `block` (from [`render`]). Skips the write when the block
-    /// already says the same (the timestamp aside). Outside the block nothing changes:
-    /// by rename() of a complete new file where possible, else by rewriting only the
-    /// block at the end of the file in place, so that a crash or SIGKILL at any moment
-    /// leaves every byte outside the block as it was.
+    /// Makes the file's block `block` (from [`render`]), less the names it must not
+    /// carry (see [`without_shadowing`]; each is logged once). Skips the write when the
+    /// block already says the same (the timestamp aside). A symbolic link is followed:
+    /// its target is written, the link stays. Anything but a regular file is refused.
+    ///
+    /// Outside the block nothing changes: by rename() of a complete new file beside the
+    /// target where possible, else by rewriting the block at the end of the file in
+    /// place, so that a crash or SIGKILL at any moment leaves every byte outside the
+    /// block as it was. Lines others add to the file meanwhile are kept (see
+    /// [`replace`] and [`write_in_place`] for how, and for the window that remains);
+    /// a write that finds the file changed under it starts over.
     pub fn write(&mut self, block: &str) -> io::Result<Written> {
-        let current = std::fs::read(&self.path)?;
-        let split = split(&current);
-        let at_end = split.first_block == split.outside.len();
-        if split.blocks == 1
-            && at_end
-            && body_of(&current[split.first_block..]) == body_of(block.as_bytes())
-        {
-            return Ok(Written::Unchanged);
+        let target = std::fs::canonicalize(&self.path)?;
+        if let Some((old, seen)) = &mut self.replaced {
+            *seen = carry_over(old, *seen, &target)?;
         }
-        let mut desired = split.outside.clone();
-        desired.extend_from_slice(block.as_bytes());
-        if !self.is_mount_point() {
-            match self.replace(&desired) {
-                Ok(()) => return Ok(Written::Replaced),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
-                    log::debug!(
-                        "hosts: {} is a mount point; writing in place",
-                        self.path.display()
-                    );
-                    self.mount_point = Some(true);
+        for _ in 0..TRIES {
+            let file = open_regular(&target, OpenOptions::new().read(true))?;
+            let current = read_all(&file)?;
+            let split = split(&current);
+            let block = self.listable(block, &split.outside);
+            if split.blocks == 1
+                && split.first_block == split.outside.len()
+                && body_of(&current[split.first_block..]) == body_of(block.as_bytes())
+            {
+                return Ok(Written::Unchanged);
+            }
+            if !self.writes_in_place(&target) {
+                let mut desired = split.outside.clone();
+                desired.extend_from_slice(block.as_bytes());
+                match replace(&target, &file, &current, &desired)? {
+                    Replaced::Done(seen) => {
+                        self.replaced = Some((file, seen));
+                        return Ok(Written::Replaced);
+                    }
+                    Replaced::Changed => continue,
+                    Replaced::Cannot(why) => {
+                        log::debug!("hosts: {}; writing in place", why);
+                        self.in_place = Some(true);
+                    }
                 }
-                Err(e) => return Err(e),
+            }
+            if write_in_place(&target, &current, &block)? {
+                return Ok(Written::InPlace);
             }
         }
-        let file = OpenOptions::new().write(true).open(&self.path)?;
-        if !at_end {
-            log::debug!("hosts: a block sits before other lines; rewriting the whole file");
-            file.write_all_at(&desired, 0)?;
-            file.set_len(desired.len() as u64)?;
-            file.sync_all()?;
-            return Ok(Written::InPlace);
-        }
-        // Only the block's bytes change, and the block never shrinks in place: a shorter
-        // one is padded to the old length. A kill in the middle of the write then leaves
-        // new bytes followed by old ones, all after the (same) BEGIN marker, so still
-        // inside the block; a truncation would instead have left old lines after the new
-        // END, outside it.
-        let from = split.first_block;
-        let bytes = padded(block, current.len() - from);
-        file.write_all_at(&bytes, from as u64)?;
-        file.sync_all()?;
-        Ok(Written::InPlace)
+        Err(io::Error::other(format!(
+            "{} changed under every one of {TRIES} tries to write it",
+            target.display()
+        )))
     }
 
-    /// Writes `content` to a new file beside the hosts file (same mode and owner) and
-    /// renames it over.
-    fn replace(&self, content: &[u8]) -> io::Result<()> {
-        let meta = std::fs::metadata(&self.path)?;
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = dir.join(format!(".{name}.tsinit-{}", std::process::id()));
-        let result = (|| {
-            let mut f: File = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(meta.permissions().mode() & 0o7777)
-                .open(&tmp)?;
-            f.write_all(content)?;
-            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-            f.set_permissions(meta.permissions())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if result.is_err() {
-            std::fs::remove_file(&tmp).ok();
+    /// `block` less the names it must not carry given the lines `outside` it; each
+    /// name left out is logged once (per reason).
+    fn listable(&mut self, block: &str, outside: &[u8]) -> String {
+        let (block, skipped) = without_shadowing(block, outside);
+        for s in skipped {
+            if self.reported.insert((s.name.clone(), s.why)) {
+                log::info!(
+                    "hosts: not listing {:?} for {}: {}",
+                    s.name,
+                    s.ip,
+                    s.why.reason()
+                );
+            }
         }
-        result
+        block
     }
+}
+
+/// `path` opened with `opts`, if it is a regular file. Opened non-blocking and without
+/// following a last symbolic link, so a FIFO, device or link put there never blocks or
+/// redirects the write (its type is checked before and after opening).
+fn open_regular(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
+    let not_regular = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        )
+    };
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+/// The whole content of `file`, read from its start.
+fn read_all(file: &File) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match file.read_at(&mut buf, out.len() as u64) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How a [`replace`] ended (its errors aside).
+enum Replaced {
+    /// Renamed; how much of the old file is carried over.
+    Done(u64),
+    /// The file changed since it was read: nothing was written.
+    Changed,
+    /// rename() cannot be used (why): the file is a mount point, or its directory is not
+    /// writable. Nothing was written.
+    Cannot(String),
+}
+
+/// Makes `target`, whose content was `current` (read through `old`), say `desired`: a
+/// new file beside it (same mode and owner), renamed over it.
+///
+/// Others' lines are kept: just before the rename the file is read again and, if it was
+/// changed other than by appending, or replaced, nothing is renamed
+/// ([`Replaced::Changed`]: start over). Lines appended since it was read (up to and
+/// after the rename, by writers that opened the file before it) are in the old file;
+/// once renamed, what the old file grew by is appended to the new one, at once and
+/// at the next write (see [`HostsFile::replaced`]). What remains: a change
+/// that does not append, made in the microseconds between the check and the rename, is
+/// lost, and so are lines written to the old file after the next write (by a writer
+/// that keeps the file open). On any error the file is left as it was and the temporary
+/// file removed.
+fn replace(target: &Path, old: &File, current: &[u8], desired: &[u8]) -> io::Result<Replaced> {
+    let meta = old.metadata()?;
+    let tmp = match create_temp(target, meta.permissions().mode() & 0o7777) {
+        Ok(t) => t,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+            ) =>
+        {
+            return Ok(Replaced::Cannot(format!(
+                "cannot create a file beside {}: {}",
+                target.display(),
+                crate::error::os_message(&e)
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut f, tmp_path) = tmp;
+    let renamed = (|| {
+        f.write_all(desired)?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        f.set_permissions(meta.permissions())?;
+        f.sync_all()?;
+        if !only_appended(old, target, current)? {
+            return Ok(Replaced::Changed);
+        }
+        match std::fs::rename(&tmp_path, target) {
+            Ok(()) => Ok(Replaced::Done(0)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => Ok(
+                Replaced::Cannot(format!("{} is a mount point", target.display())),
+            ),
+            Err(e) => Err(e),
+        }
+    })();
+    if !matches!(renamed, Ok(Replaced::Done(_))) {
+        std::fs::remove_file(&tmp_path).ok();
+        return renamed;
+    }
+    // No waiting here (this write can be on the way to starting the workload): what
+    // comes later is carried over at the next write.
+    let seen = carry_over(old, current.len() as u64, target)?;
+    Ok(Replaced::Done(seen))
+}
+
+/// Whether `target` is still the file `old` and holds `current`, lines appended to it
+/// aside (those are carried over after the rename).
+fn only_appended(old: &File, target: &Path, current: &[u8]) -> io::Result<bool> {
+    let now = open_regular(target, OpenOptions::new().read(true))?;
+    let (a, b) = (old.metadata()?, now.metadata()?);
+    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()) && read_all(&now)?.starts_with(current))
+}
+
+/// Appends to `target` what `old` (the file it replaced) holds beyond `from`: lines
+/// others appended to the old file around the rename. How far `old` is carried over now.
+fn carry_over(old: &File, from: u64, target: &Path) -> io::Result<u64> {
+    let len = old.metadata()?.len();
+    if len <= from {
+        return Ok(from);
+    }
+    let mut extra = vec![0u8; (len - from) as usize];
+    old.read_exact_at(&mut extra, from)?;
+    let mut new = open_regular(target, OpenOptions::new().append(true))?;
+    new.write_all(&extra)?;
+    new.sync_all()?;
+    log::debug!(
+        "hosts: {} bytes appended to {} during its rename carried over",
+        extra.len(),
+        target.display()
+    );
+    Ok(len)
+}
+
+/// A new file `.<name>.tsinit-<pid>` beside `target`, created exclusively with `mode`
+/// (never through a symbolic link or over an existing file). One left there by an
+/// earlier run (killed mid-write; in a container tsinit's pid is 1 every time) is
+/// removed and the creation tried once more.
+fn create_temp(target: &Path, mode: u32) -> io::Result<(File, PathBuf)> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tsinit-{}", std::process::id()));
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+    };
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            log::debug!("hosts: removing {}, left by an earlier run", tmp.display());
+            std::fs::remove_file(&tmp)?;
+            Ok((create()?, tmp))
+        }
+        other => Ok((other?, tmp)),
+    }
+}
+
+/// Makes `target`, whose content was `current`, carry `block` at its end, writing only
+/// from where its first block starts (a bind-mounted file cannot be replaced). False if
+/// the file was changed other than by appending since: nothing was written, start over.
+///
+/// Bytes are only ever written inside the length the file had when read, or appended
+/// (O_APPEND) past its end, so lines others append are never overwritten: they end up
+/// after the block, and the next write moves lines it finds there before it. The block never shrinks: a shorter one is
+/// padded to the old length. A kill in the middle of a write then leaves new bytes
+/// followed by old ones, all after the (same) BEGIN marker, so still inside the block. A
+/// longer block first needs room, see [`make_room`]. What remains: a change that does not
+/// append, made between the last read and the write, is lost.
+fn write_in_place(target: &Path, current: &[u8], block: &str) -> io::Result<bool> {
+    let file = open_regular(target, OpenOptions::new().read(true).write(true))?;
+    if !read_all(&file)?.starts_with(current) {
+        return Ok(false);
+    }
+    let split = split(current);
+    let from = split.first_block;
+    let mut after = split.outside[from..].to_vec();
+    let Some(last) = last_block(current) else {
+        // No block yet: appended whole, in one write.
+        append(target, current.len() as u64, block.as_bytes())?;
+        file.sync_all()?;
+        return Ok(true);
+    };
+    let room = current.len() - from - after.len();
+    let mut grown = 0;
+    if !fits(block.len(), room) {
+        let mut now = current[..from].to_vec();
+        if !after.is_empty() && ends_with_end(last) && fits(last.len(), room) {
+            // Lines follow the block: first moved before it, the old block (padded to
+            // the same room) after them, in one write that keeps the file's length.
+            log::debug!("hosts: lines follow the block; moving them before it");
+            now.extend_from_slice(&after);
+            now.extend_from_slice(&padded(last, room));
+            file.write_all_at(&now[from..], from as u64)?;
+        } else {
+            now = current.to_vec();
+        }
+        grown = (block.len() + 2).saturating_sub(room).max(2);
+        after.extend_from_slice(&make_room(&file, target, &now, grown)?);
+    }
+    let mut bytes = after;
+    bytes.extend_from_slice(&padded(block.as_bytes(), room + grown));
+    file.write_all_at(&bytes, from as u64)?;
+    file.sync_all()?;
+    Ok(true)
+}
+
+/// Whether a block of `len` bytes fills `room` bytes exactly or with a padding line
+/// (which takes at least 2 bytes).
+fn fits(len: usize, room: usize) -> bool {
+    len == room || len + 2 <= room
+}
+
+/// The bytes of the last block of `content`: from the newline before its BEGIN line (if
+/// any) to the end of its END line, or of the file for a block without END.
+fn last_block(content: &[u8]) -> Option<&[u8]> {
+    let mut found = None;
+    let mut pos = 0;
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line_is(line, BEGIN, true) {
+            let start = if pos > 0 && content[pos - 1] == b'\n' {
+                pos - 1
+            } else {
+                pos
+            };
+            found = Some((start, content.len()));
+        } else if line_is(line, END, false)
+            && let Some((_, end)) = found.as_mut()
+            && *end == content.len()
+        {
+            *end = pos + line.len();
+        }
+        pos += line.len();
+    }
+    found.map(|(start, end)| &content[start..end])
+}
+
+/// The last line of `content` (with its line ending).
+fn last_line(content: &[u8]) -> &[u8] {
+    let body = content.strip_suffix(b"\n").unwrap_or(content);
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    &content[start..]
+}
+
+/// Whether `content` ends with an END line.
+fn ends_with_end(content: &[u8]) -> bool {
+    line_is(last_line(content), END, false)
+}
+
+/// A padding line of exactly `len` bytes (at least 2): '#', spaces, newline.
+fn padding_line(len: usize) -> Vec<u8> {
+    let mut out = vec![b'#'];
+    out.extend(std::iter::repeat_n(b' ', len.saturating_sub(2)));
+    out.push(b'\n');
+    out
+}
+
+/// Grows the space of the block at the end of `file` (content `current`, with the block
+/// last) by `by` bytes, before a byte of the block changes, so that a full filesystem
+/// never leaves half a block: its END line (if any) is overwritten by a padding line of
+/// the same length (the block then runs to the end of the file, still listing the same
+/// names), then a padding line of `by` bytes is appended. If that fails (no space
+/// left), the file is cut back to its length and the END line put back: byte for byte
+/// as it was. This relies on overwriting a file's bytes needing no new space, true of
+/// filesystems that do not copy on write. Returns the lines others appended meanwhile:
+/// they sit inside the block's space now, and go before the block.
+fn make_room(file: &File, target: &Path, current: &[u8], by: usize) -> io::Result<Vec<u8>> {
+    let end = last_line(current);
+    let end_at = (current.len() - end.len()) as u64;
+    let is_end = line_is(end, END, false);
+    if is_end {
+        let mut blank = padding_line(end.len().max(2));
+        if !end.ends_with(b"\n") {
+            blank.pop();
+            blank.push(b' ');
+        }
+        file.write_all_at(&blank, end_at)?;
+    }
+    let pad = padding_line(by);
+    if let Err(e) = append(target, current.len() as u64, &pad) {
+        if is_end {
+            file.write_all_at(end, end_at).ok();
+        }
+        return Err(e);
+    }
+    let now = read_all(file)?;
+    let past = now.get(current.len()..).unwrap_or_default();
+    let Some(at) = past.windows(pad.len()).position(|w| w == pad.as_slice()) else {
+        return Err(io::Error::other(
+            "the room appended to the hosts file is gone",
+        ));
+    };
+    let mut others = past[..at].to_vec();
+    others.extend_from_slice(&past[at + pad.len()..]);
+    Ok(others)
+}
+
+/// Appends `bytes` to `target` (O_APPEND: never over what others appended), which was
+/// `len` bytes long. On an error (no space left), a part of `bytes` already appended is
+/// cut off again, unless others appended meanwhile.
+fn append(target: &Path, len: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut file = open_regular(target, OpenOptions::new().read(true).append(true))?;
+    let Err(e) = file.write_all(bytes) else {
+        return Ok(());
+    };
+    if let Ok(now) = read_all(&file)
+        && now.len() as u64 >= len
+        && bytes.starts_with(&now[len as usize..])
+    {
+        file.set_len(len).ok();
+    }
+    Err(e)
 }
 
 /// `t` as "YYYY-MM-DDTHH:MM:SSZ".
@@ -467,7 +969,7 @@ mod tests {
              100.64.0.1 me.tail.example me\n\
              fd7a:115c:a1e0::1 me.tail.example me\n\
              100.64.0.4 web.other.example\n\
-             100.64.0.2 web.tail.example\n\
+             100.64.0.2 web.tail.example web\n\
              # END tsinit managed block\n"
         );
     }
@@ -535,13 +1037,164 @@ mod tests {
              [\"10.0.0.1\", \"100.128.0.1\", \"fd00::1\", \"100.64.0.1\\n1.2.3.4 x\", \"nonsense\"]},\
              \"nodekey:ok\": {\"DNSName\": \"OK.Tail.Example.\", \"TailscaleIPs\": [\"100.127.255.254\"]}",
         );
-        let json = format!("{{\"BackendState\": \"Running\", \"Peer\": {{{peers}}}}}");
+        let json = format!(
+            "{{\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"tail.example\", \"Peer\": {{{peers}}}}}"
+        );
         let block = render(&entries(&status(&json), OPTS), SystemTime::UNIX_EPOCH);
         let body: Vec<&str> = block
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .collect();
         assert_eq!(body, ["100.127.255.254 ok.tail.example ok"]);
+    }
+
+    #[test]
+    fn short_names_only_for_the_own_tailnet() {
+        let shorts = |json: &str| -> Vec<String> {
+            entries(&status(json), OPTS)
+                .iter()
+                .map(|e| format!("{} {}", e.fqdn, e.short.as_deref().unwrap_or("-")))
+                .collect()
+        };
+        // No suffix reported: the node's own name gives it.
+        assert_eq!(
+            shorts(RUNNING),
+            [
+                "db.tail.example db",
+                "me.tail.example me",
+                "me.tail.example me",
+                "web.other.example -",
+                "web.tail.example web"
+            ]
+        );
+        // CurrentTailnet wins over MagicDNSSuffix, which wins over Self's name.
+        let shared = RUNNING.replace(
+            "\"BackendState\": \"Running\",",
+            "\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"tail.example\", \
+             \"CurrentTailnet\": {\"MagicDNSSuffix\": \"Other.Example.\"},",
+        );
+        assert_eq!(
+            shorts(&shared),
+            [
+                "db.tail.example -",
+                "me.tail.example -",
+                "me.tail.example -",
+                "web.other.example web",
+                "web.tail.example -"
+            ]
+        );
+        let suffix_only = RUNNING.replace(
+            "\"BackendState\": \"Running\",",
+            "\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"other.example\",",
+        );
+        assert_eq!(shorts(&suffix_only), shorts(&shared));
+        // No suffix known at all: no short names.
+        let nothing = RUNNING.replace("\"DNSName\": \"me.tail.example.\"", "\"DNSName\": \"\"");
+        assert!(
+            shorts(&nothing).iter().all(|l| l.ends_with(" -")),
+            "{nothing}"
+        );
+        // A deeper name is not a short name's owner (MagicDNS answers one label).
+        assert_eq!(short_name("a.b.tail.example", Some("tail.example")), None);
+        assert_eq!(
+            short_name("ab.tail.example", Some("tail.example")),
+            Some("ab")
+        );
+        assert_eq!(short_name("xtail.example", Some("tail.example")), None);
+    }
+
+    fn names_of(block: &str) -> Vec<&str> {
+        block
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn never_shadows_reserved_names_or_names_the_file_maps() {
+        let block = "\n# BEGIN tsinit managed block (5 names, written x); edits here are lost\n\
+                     100.64.0.5 localhost.tail.example localhost\n\
+                     100.64.0.6 abc123def.tail.example abc123def\n\
+                     100.64.0.7 mapped.tail.example mapped\n\
+                     fd7a:115c:a1e0::7 mapped.tail.example mapped\n\
+                     100.64.0.8 foo.localhost\n\
+                     100.64.0.9 ip6-allnodes.tail.example ip6-allnodes\n\
+                     # END tsinit managed block\n";
+        let outside = b"127.0.0.1 localhost # loopback\n\
+                        # 10.0.0.1 commented-out.tail.example commented\n\
+                        172.17.0.2\tABC123DEF.\n\
+                        10.0.0.3 other Mapped.Tail.Example\n";
+        let (kept, skipped) = without_shadowing(block, outside);
+        assert_eq!(
+            names_of(&kept),
+            [
+                "100.64.0.5 localhost.tail.example",
+                "100.64.0.6 abc123def.tail.example",
+                "100.64.0.9 ip6-allnodes.tail.example",
+            ]
+        );
+        assert!(kept.contains("(3 names, written x)"), "{kept}");
+        let why: Vec<(String, Skip)> = skipped.into_iter().map(|s| (s.name, s.why)).collect();
+        assert_eq!(
+            why,
+            [
+                ("localhost".to_string(), Skip::Reserved),
+                ("abc123def".to_string(), Skip::Mapped),
+                ("mapped.tail.example".to_string(), Skip::Mapped),
+                ("mapped.tail.example".to_string(), Skip::Mapped),
+                ("foo.localhost".to_string(), Skip::Reserved),
+                ("ip6-allnodes".to_string(), Skip::Reserved),
+            ]
+        );
+        // Nothing to leave out: the block as it was.
+        assert_eq!(
+            without_shadowing(BLOCK, b"10.0.0.1 web\n"),
+            (BLOCK.to_string(), vec![])
+        );
+        for name in [
+            "LOCALHOST.",
+            "a.b.localhost",
+            "broadcasthost",
+            "ip6-loopback",
+        ] {
+            assert!(reserved(name), "{name}");
+        }
+        for name in ["localhostx", "localhost.tail.example", "mylocalhost"] {
+            assert!(!reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_writer_leaves_out_shadowing_names() {
+        let path = temp("shadow", b"127.0.0.1 localhost\n172.17.0.2 abc123def\n");
+        let block = "\n# BEGIN tsinit managed block (2 names, written x); edits here are lost\n\
+                     100.64.0.5 localhost.tail.example localhost\n\
+                     100.64.0.6 abc123def.tail.example abc123def\n\
+                     # END tsinit managed block\n";
+        let mut f = HostsFile::new(&path);
+        assert_eq!(f.write(block).unwrap(), Written::Replaced);
+        let content = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            names_of(&content[content.find(BEGIN).unwrap()..]),
+            [
+                "100.64.0.5 localhost.tail.example",
+                "100.64.0.6 abc123def.tail.example"
+            ]
+        );
+        assert_eq!(f.reported.len(), 2, "{:?}", f.reported);
+        assert_eq!(f.write(block).unwrap(), Written::Unchanged);
+        assert_eq!(f.reported.len(), 2, "reported once");
+        // The file maps the full name now: that line goes.
+        let mut outside = std::fs::read(&path).unwrap();
+        outside.splice(0..0, b"10.1.1.1 abc123def.tail.example\n".iter().copied());
+        std::fs::write(&path, &outside).unwrap();
+        assert_eq!(f.write(block).unwrap(), Written::Replaced);
+        let content = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            names_of(&content[content.find(BEGIN).unwrap()..]),
+            ["100.64.0.5 localhost.tail.example"]
+        );
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]

@@ -35,23 +35,7 @@ fn the_key_is_scrubbed_from_tsinits_own_environment_and_extra_args() {
             .env("TSINIT_ON_FAILURE", "continue")
             .env("TSINIT_TAILSCALE_LOG_LEVEL", "trace");
         let mut r = Running::start(cmd);
-        let mut saw_up = false;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.wait_exit_for(Duration::from_millis(5)).is_none() {
-            assert!(Instant::now() < deadline, "tsinit did not finish");
-            for pid in common::all_pids() {
-                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                    continue;
-                };
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                assert!(
-                    !cmdline.contains("kHARDEN"),
-                    "{var}: key in argv: {cmdline}"
-                );
-                saw_up |=
-                    cmdline.contains(" up ") && cmdline.contains("--auth-key=file:/proc/self/fd/");
-            }
-        }
+        let saw_up = common::watch_argv_until_exit(&mut r, "kHARDEN");
         assert_eq!(r.code(), 0, "{}", r.stderr());
         assert!(saw_up, "{var}: `tailscale up` never ran with the key file");
         let (out, err) = (r.stdout(), r.stderr());

@@ -79,6 +79,17 @@ impl Tailnet {
         calls.lines().map(str::to_string).collect()
     }
 
+    /// tsinit logging in (userspace networking) with a workload that runs until the
+    /// returned file exists.
+    fn start_until_go(&self) -> (Running, PathBuf) {
+        let go = self.dir.path().join("go");
+        let script = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+        let mut cmd = self.tsinit(&["--", "sh", "-c", &script]);
+        cmd.env("TS_AUTHKEY", KEY)
+            .env("TSINIT_NETWORKING", "userspace");
+        (Running::start(cmd), go)
+    }
+
     fn hosts(&self) -> String {
         std::fs::read_to_string(common::test_hosts_file(self.dir.path())).unwrap()
     }
@@ -181,12 +192,7 @@ fn a_key_control_rejects_fails_loudly_or_continues() {
 #[test]
 fn the_hosts_block_follows_peers_as_they_come_and_go() {
     let net = Tailnet::new("hostsync");
-    let go = net.dir.path().join("go");
-    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
-    let mut cmd = net.tsinit(&["--", "sh", "-c", &script]);
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "userspace");
-    let mut r = Running::start(cmd);
+    let (mut r, go) = net.start_until_go();
     wait_until(
         Duration::from_secs(30),
         "this node in the hosts block",
@@ -225,6 +231,84 @@ fn the_hosts_block_follows_peers_as_they_come_and_go() {
     let hosts = net.hosts();
     assert!(hosts.contains("(0 names,"), "emptied at shutdown: {hosts}");
     assert!(hosts.starts_with("127.0.0.1 localhost\n"), "{hosts}");
+}
+
+/// The block never shadows: no reserved name (a peer named "localhost" gets its full
+/// name only), no name the file maps already (the container's hostname, as Docker
+/// writes it), and no short name for a node of another tailnet (shared in); each left
+/// out name is logged once.
+#[test]
+fn the_hosts_block_shadows_no_name_and_gives_short_names_to_the_own_tailnet_only() {
+    let net = Tailnet::new("hostnames");
+    std::fs::write(
+        common::test_hosts_file(net.dir.path()),
+        "127.0.0.1 localhost\n172.17.0.2 abc123def\n10.0.0.9 mapped.tail.example\n",
+    )
+    .unwrap();
+    net.control.add_fake_peer("localhost");
+    net.control.add_fake_peer("abc123def");
+    net.control.add_fake_peer("mapped");
+    let shared = net.control.add_fake_peer("db");
+    net.control.set_dns_name(shared, "db.other-org.example.");
+    let (mut r, go) = net.start_until_go();
+    wait_until(
+        Duration::from_secs(30),
+        "the peers in the hosts block",
+        || net.hosts().contains(" db.other-org.example\n"),
+    );
+    // What tailscaled says the own tailnet's suffix is.
+    let out = Command::new(common::tailscale_dir().join("tailscale"))
+        .arg(format!(
+            "--socket={}",
+            net.dir.path().join("run/tailscaled.sock").display()
+        ))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "MagicDNSSuffix {}, CurrentTailnet {}",
+        status["MagicDNSSuffix"], status["CurrentTailnet"]
+    );
+    assert_eq!(status["CurrentTailnet"]["MagicDNSSuffix"], "tail.example");
+
+    let hosts = net.hosts();
+    let block = &hosts[hosts.find("# BEGIN").unwrap()..];
+    let mut names: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    names.dedup(); // IPv4 and IPv6 lines
+    assert_eq!(
+        names,
+        [
+            "abc123def.tail.example",
+            "db.other-org.example",
+            "localhost.tail.example",
+            "tsinit-test.tail.example tsinit-test",
+        ],
+        "{hosts}"
+    );
+    assert!(block.contains("(4 names,"), "{block}");
+
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let err = r.stderr();
+    for (name, why) in [
+        ("localhost", "a reserved name"),
+        ("abc123def", "already mapped"),
+        ("mapped.tail.example", "already mapped"),
+    ] {
+        let said = format!("hosts: not listing \"{name}\" for ");
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(&said)).collect();
+        assert_eq!(lines.len(), 1, "{said} once: {err}");
+        assert!(
+            lines[0].ends_with(why) || lines[0].contains(why),
+            "{}",
+            lines[0]
+        );
+    }
 }
 
 #[test]

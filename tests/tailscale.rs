@@ -229,24 +229,7 @@ fn the_auth_key_stays_secret() {
         .env("TSINIT_TAILSCALE_LOG_LEVEL", "trace");
     let mut r = Running::start(cmd);
     // Watch every command line while `tailscale up` runs (about 2 s here).
-    let mut saw_up = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.wait_exit_for(Duration::from_millis(5)).is_none() {
-        assert!(Instant::now() < deadline, "tsinit did not finish");
-        for pid in common::all_pids() {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(
-                !cmdline.contains("kSECRET"),
-                "key in argv of {pid}: {cmdline}"
-            );
-            if cmdline.contains(" up ") && cmdline.contains("--auth-key=file:/proc/self/fd/") {
-                saw_up = true;
-            }
-        }
-    }
+    let saw_up = common::watch_argv_until_exit(&mut r, "kSECRET");
     assert!(saw_up, "never saw `tailscale up` run with the key file");
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let (out, err) = (r.stdout(), r.stderr());

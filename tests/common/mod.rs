@@ -538,3 +538,27 @@ pub fn pid1_in(ns: &NetNs, dir: &Path, args: &[&str]) -> Command {
     tailscale_env(&mut cmd, dir);
     cmd
 }
+
+/// Waits (30 s at most) for `r` to exit while reading every process's command line every
+/// few milliseconds: panics if one holds `secret`; returns whether a `tailscale up` that
+/// reads its key from a memory file (`--auth-key=file:/proc/self/fd/N`) was seen.
+pub fn watch_argv_until_exit(r: &mut Running, secret: &str) -> bool {
+    let mut saw_up = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.wait_exit_for(Duration::from_millis(5)).is_none() {
+        assert!(Instant::now() < deadline, "tsinit did not finish");
+        for pid in all_pids() {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(
+                !cmdline.contains(secret),
+                "secret in argv of {pid}: {cmdline}"
+            );
+            saw_up |=
+                cmdline.contains(" up ") && cmdline.contains("--auth-key=file:/proc/self/fd/");
+        }
+    }
+    saw_up
+}

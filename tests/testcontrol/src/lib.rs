@@ -253,6 +253,16 @@ impl TestControl {
         self.shared.bump();
     }
 
+    /// Gives a node any full DNS name (`name`, with the trailing dot), e.g. one of another
+    /// tailnet's domain, as a node shared in from there has; pushed to every open map
+    /// stream.
+    pub fn set_dns_name(&self, id: u64, name: &str) {
+        if let Some(n) = self.shared.lock().nodes.get_mut(&id) {
+            n.name = name.to_string();
+        }
+        self.shared.bump();
+    }
+
     /// Removes a node (fake or real); open map streams get it in PeersRemoved.
     pub fn remove_peer(&self, id: u64) {
         self.shared.lock().nodes.remove(&id);
