@@ -1239,10 +1239,15 @@ impl Tailnet {
             .split_once("Error: ")
             .map_or(problem.as_str(), |(_, e)| e);
         let state = self.cfg.state_dir.join("tailscaled.state");
+        let lines = self
+            .daemon
+            .as_ref()
+            .map(Daemon::last_lines)
+            .unwrap_or_default();
         Err(BringupError::Failed(format!(
             "tailscaled cannot read its state: {why}\nfix: if {} is damaged, move it aside \
              (keep it: it holds the node's keys) and start again; the node then logs in as a \
-             new machine (with an auth key)",
+             new machine (with an auth key)\ntailscaled's last lines:\n{lines}",
             state.display()
         )))
     }

@@ -248,6 +248,10 @@ fn a_damaged_state_file_fails_at_once_with_the_fix() {
         )),
         "{err}"
     );
+    assert!(
+        err.contains("  tailscaled: ") && err.contains("store.New failed"),
+        "with tailscaled's last lines: {err}"
+    );
     assert!(!marker.exists());
     assert_eq!(
         std::fs::read(state.join("tailscaled.state")).unwrap(),
