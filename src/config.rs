@@ -909,26 +909,37 @@ const OTHER_VARS: [&str; 3] = ["TSINIT_CONFIG", crate::logging::ENV, "TSINIT_IMA
 /// Checks the environment's names and values before anything is read from it: a
 /// TSINIT_* variable that is no setting (a misspelt one would be ignored silently), or
 /// a variable tsinit reads whose value is not UTF-8, is an error.
-pub fn check_environment(
-    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-) -> Result<(), ConfigError> {
-    let known: Vec<String> = KEYS
-        .iter()
-        .map(|k| env_name(k))
-        .chain(OTHER_VARS.iter().map(|v| v.to_string()))
-        .collect();
+pub fn check_environment<N, V>(vars: impl Iterator<Item = (N, V)>) -> Result<(), ConfigError>
+where
+    N: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use std::os::unix::ffi::OsStrExt;
+    let known = || {
+        KEYS.iter()
+            .map(|k| env_name(k))
+            .chain(OTHER_VARS.iter().map(|v| v.to_string()))
+    };
     for (name, value) in vars {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        // Most of the environment is none of tsinit's business: looked at without
+        // allocating anything.
+        let bytes = name.as_bytes();
+        if !(bytes.starts_with(b"TS_")
+            || bytes.starts_with(b"TSINIT_")
+            || bytes.starts_with(b"TAILSCALE_"))
+        {
+            continue;
+        }
         let shown = name.to_string_lossy();
-        if shown.starts_with("TSINIT_") && !known.iter().any(|k| *k == shown) {
+        if shown.starts_with("TSINIT_") && !known().any(|k| *k == shown) {
             // A name cut short counts as closest; else the fewest edits away.
-            let closest = known
-                .iter()
-                .filter(|k| *k != "TSINIT_IMAGE")
+            let closest = known()
+                .filter(|k| k != "TSINIT_IMAGE")
                 .min_by_key(|k| match k.starts_with(&*shown) {
                     true => 0,
                     false => edit_distance(k, &shown),
                 })
-                .cloned()
                 .unwrap_or_default();
             return Err(ConfigError {
                 origin: format!("{shown}={:?}", value.to_string_lossy()),

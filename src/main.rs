@@ -5,7 +5,6 @@
 //! SIGPIPE to ignored before tsinit can record how its parent left it.
 #![no_main]
 
-use std::collections::HashMap;
 use std::ffi::{OsString, c_char, c_int};
 use std::io::Write;
 
@@ -56,18 +55,21 @@ fn run(args: Vec<OsString>) -> i32 {
         }
     };
     logging::init(run_args.verbosity);
-    // The environment is read once, checked, and the secrets in it are taken out of
-    // tsinit's own environment before anything else (a thread, a child) exists.
-    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    if let Err(e) = config::check_environment(vars.iter().cloned()) {
+    // The environment is checked, and the secrets in it are taken out of tsinit's own
+    // environment before anything else (a thread, a child) exists; their values are
+    // kept here.
+    if let Err(e) = sys::with_environ(|vars| config::check_environment(vars.iter().copied())) {
         return fail(Error::Config(e));
     }
-    let snapshot: HashMap<String, String> = vars
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let mut holds_secret = hide_secrets(&snapshot);
-    let env = |name: &str| snapshot.get(name).cloned();
+    let secret_vars = hide_secrets();
+    let mut holds_secret = !secret_vars.is_empty();
+    let env = |name: &str| {
+        secret_vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    };
     let config = match config::load(run_args.config.as_deref(), &env) {
         Ok(config) => config,
         Err(e) => return fail(Error::Config(e)),
@@ -164,21 +166,25 @@ fn fail(e: Error) -> i32 {
 /// Takes the secrets out of tsinit's own environment: the auth key variables go, and
 /// the extra `up` arguments lose their `--auth-key`/`--client-secret`/`--id-token`
 /// (the workload sees them without). Every secret is also hidden from the log. Returns
-/// whether there was any. Runs while tsinit has a single thread.
-fn hide_secrets(env: &HashMap<String, String>) -> bool {
-    let mut any = false;
+/// the variables it changed, with their values as they were. Runs while tsinit has a
+/// single thread.
+fn hide_secrets() -> Vec<(String, String)> {
+    let mut taken = Vec::new();
     for var in tailscale::KEY_VARS {
-        if let Some(value) = env.get(var) {
-            logging::add_secret(value);
-            any |= sys::scrub_env(var);
+        if let Ok(value) = std::env::var(var) {
+            logging::add_secret(&value);
+            sys::scrub_env(var);
+            taken.push((var.to_string(), value));
         }
     }
     let extra_vars = [
         "TS_EXTRA_ARGS".to_string(),
         config::env_name("tailscale.extra_up_args"),
     ];
-    for var in &extra_vars {
-        let Some(value) = env.get(var) else { continue };
+    for var in extra_vars {
+        let Ok(value) = std::env::var(&var) else {
+            continue;
+        };
         let args: Vec<String> = value.split_whitespace().map(str::to_string).collect();
         let (rest, secrets) = tailscale::split_secret_args(&args);
         if secrets.is_empty() {
@@ -187,11 +193,11 @@ fn hide_secrets(env: &HashMap<String, String>) -> bool {
         for secret in &secrets {
             logging::add_secret(&secret.value);
         }
-        sys::scrub_env(var);
-        if let Err(e) = sys::set_env(var, &rest.join(" ")) {
+        sys::scrub_env(&var);
+        if let Err(e) = sys::set_env(&var, &rest.join(" ")) {
             debug!("cannot set {var} without its secrets: {e}");
         }
-        any = true;
+        taken.push((var, value));
     }
-    any
+    taken
 }

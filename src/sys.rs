@@ -360,6 +360,32 @@ unsafe extern "C" {
     static mut environ: *mut *mut c_char;
 }
 
+/// Calls `f` with every (name, value) of this process's environment, read in place
+/// (one allocation for the list, none per variable).
+pub fn with_environ<R>(f: impl FnOnce(&[(&std::ffi::OsStr, &std::ffi::OsStr)]) -> R) -> R {
+    use std::os::unix::ffi::OsStrExt;
+    let mut vars = Vec::with_capacity(64);
+    // SAFETY: the entries are NUL-terminated strings that stay valid and unchanged while
+    // `f` runs: nothing changes the environment meanwhile (tsinit has a single thread
+    // here, and `f` gets only shared views).
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let bytes = CStr::from_ptr(*entry).to_bytes();
+            let (name, value) = match bytes.iter().position(|&b| b == b'=') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (bytes, &b""[..]),
+            };
+            vars.push((
+                std::ffi::OsStr::from_bytes(name),
+                std::ffi::OsStr::from_bytes(value),
+            ));
+            entry = entry.add(1);
+        }
+    }
+    f(&vars)
+}
+
 /// Removes the variable `name` from this process's environment and overwrites its value
 /// where it was stored, so that it can no longer be read from the process's memory nor
 /// from /proc/<pid>/environ (which shows the environment block the kernel set up at
