@@ -1,0 +1,396 @@
+//! Settings: where they come from (file, environment, defaults), how they are checked,
+//! and the one error message a bad setting produces.
+//!
+//! The types and defaults are here; `settings` holds the table of settings (key,
+//! containerboot variables, parser), `raw` the values as written and the walk over the
+//! configuration file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod raw;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use raw::Raw;
+use settings::{AS_IS, SETTINGS};
+pub(crate) use settings::{CONTAINERBOOT_ENV, KEYS};
+pub use settings::{check_hostname, check_routes, check_tag};
+
+/// The configuration file read when neither --config nor TSINIT_CONFIG names one.
+pub const DEFAULT_PATH: &str = "/etc/tsinit/tsinit.toml";
+
+/// The commented default configuration, used when no file is found; also shipped in the
+/// image as /etc/tsinit/tsinit.toml.
+pub const EMBEDDED: &str = include_str!("../../rootfs/etc/tsinit/tsinit.toml");
+
+/// Who receives forwarded signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalTarget {
+    /// The workload's main process.
+    Process,
+    /// The workload's process group.
+    Group,
+}
+
+/// How tailscaled reaches the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Networking {
+    /// Kernel TUN (tailscale0); missing /dev/net/tun or CAP_NET_ADMIN is an error.
+    Kernel,
+    /// `--tun=userspace-networking` with SOCKS5 and HTTP proxies.
+    Userspace,
+    /// Kernel when preflight passes, else userspace with a warning.
+    Auto,
+}
+
+/// What to do when tailscaled or `tailscale up` fails before the workload starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    Exit,
+    Continue,
+}
+
+/// Whether to run tailscaled at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enabled {
+    /// Yes if tailscaled can be found, else run as a plain init.
+    Auto,
+    Yes,
+    No,
+}
+
+/// The settings tsinit runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub signal_target: SignalTarget,
+    pub grace_period: Duration,
+    /// `None`: never escalate a forwarded SIGTERM/SIGINT to SIGKILL.
+    pub escalate_after: Option<Duration>,
+    pub networking: Networking,
+    pub on_failure: OnFailure,
+    /// Bring the node up with Tailscale SSH.
+    pub ssh: bool,
+    /// The `[[serve]]` entries.
+    pub serve: Vec<crate::serve::Entry>,
+    /// Workload ports served as TCP on the same port (userspace networking only).
+    pub serve_ports: Vec<u16>,
+    /// A ServeConfig JSON file (containerboot's TS_SERVE_CONFIG).
+    pub serve_config: Option<PathBuf>,
+    pub tailscale: Tailscale,
+    pub hosts: Hosts,
+    /// Where the file part came from, for the debug log.
+    pub source: String,
+}
+
+/// The `[hosts]` section: the managed block of the hosts file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hosts {
+    pub enabled: bool,
+    pub path: PathBuf,
+    pub ipv6: bool,
+    pub short_names: bool,
+    pub online_only: bool,
+}
+
+/// The `[tailscale]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tailscale {
+    pub enabled: Enabled,
+    /// Paths of the binaries; `None`: search PATH.
+    pub tailscaled: Option<PathBuf>,
+    pub tailscale: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub boot_timeout: Duration,
+    pub hostname: Option<String>,
+    pub auth_key_file: Option<PathBuf>,
+    pub login_server: Option<String>,
+    pub accept_dns: bool,
+    pub advertise_tags: Vec<String>,
+    pub advertise_routes: Vec<String>,
+    pub up_timeout: Duration,
+    pub extra_up_args: Vec<String>,
+    /// Secrets found in the extra `up` arguments (taken out of `extra_up_args`).
+    pub up_secrets: Vec<crate::tailscale::SecretArg>,
+    pub tailscaled_args: Vec<String>,
+    pub socks5_server: String,
+    pub http_proxy: String,
+    pub export_proxy_env: bool,
+    pub log_level: log::LevelFilter,
+    /// Append tailscaled's log here instead of passing it on to stderr.
+    pub log_file: Option<PathBuf>,
+    pub logout_on_exit: bool,
+    pub keep_caps: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            signal_target: SignalTarget::Process,
+            grace_period: Duration::from_secs(5),
+            escalate_after: None,
+            networking: Networking::Auto,
+            on_failure: OnFailure::Exit,
+            ssh: false,
+            serve: Vec::new(),
+            serve_ports: Vec::new(),
+            serve_config: None,
+            tailscale: Tailscale {
+                enabled: Enabled::Auto,
+                tailscaled: None,
+                tailscale: None,
+                state_dir: PathBuf::from("/var/lib/tailscale"),
+                socket: PathBuf::from("/var/run/tailscale/tailscaled.sock"),
+                boot_timeout: Duration::from_secs(60),
+                hostname: None,
+                auth_key_file: None,
+                login_server: None,
+                accept_dns: false,
+                advertise_tags: Vec::new(),
+                advertise_routes: Vec::new(),
+                up_timeout: Duration::from_secs(60),
+                extra_up_args: Vec::new(),
+                up_secrets: Vec::new(),
+                tailscaled_args: Vec::new(),
+                socks5_server: "localhost:1055".to_string(),
+                http_proxy: "localhost:1056".to_string(),
+                export_proxy_env: false,
+                log_level: log::LevelFilter::Debug,
+                log_file: None,
+                logout_on_exit: false,
+                keep_caps: false,
+            },
+            hosts: Hosts {
+                enabled: true,
+                path: PathBuf::from("/etc/hosts"),
+                ipv6: true,
+                short_names: true,
+                online_only: false,
+            },
+            source: "built-in defaults".to_string(),
+        }
+    }
+}
+
+/// A setting that cannot be used, with where it was found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// "file:line:column", "file", or "TSINIT_X=value".
+    pub origin: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The environment variable that overrides `key`: TSINIT_ and the key in upper case.
+pub fn env_name(key: &str) -> String {
+    format!("TSINIT_{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+/// Loads the configuration: the file from `--config`, else `$TSINIT_CONFIG`, else
+/// [`DEFAULT_PATH`] if it exists, else [`EMBEDDED`]; then environment overrides.
+/// `env` looks up an environment variable (a parameter so tests need not touch the
+/// process environment).
+pub fn load(
+    cli_path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let Some(path) = choose_file(cli_path, env) else {
+        // EMBEDDED is all comments and gives exactly the defaults (a unit test checks
+        // that), so it need not be parsed at every start.
+        return from_text("built-in configuration", "", env);
+    };
+    let origin = path.display().to_string();
+    let text = read_small_file(&path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        message: format!(
+            "cannot read the configuration file: {e}; \
+             give an existing file with --config or TSINIT_CONFIG"
+        ),
+    })?;
+    from_text(&origin, &text, env)
+}
+
+/// The largest file tsinit reads as a setting (configuration, auth key, serve config).
+const MAX_FILE: u64 = 1 << 20;
+
+/// Reads a small text file that a setting names. Only regular files are read (after
+/// symlinks): a FIFO, a device or a directory is refused at once instead of blocking or
+/// reading without end. The error is a message for the user.
+pub fn read_small_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| crate::error::os_message(&e))?;
+    let meta = file.metadata().map_err(|e| crate::error::os_message(&e))?;
+    let kind = meta.file_type();
+    let what = match () {
+        _ if kind.is_file() => None,
+        _ if kind.is_dir() => Some("a directory"),
+        _ if kind.is_fifo() => Some("a FIFO (named pipe)"),
+        _ if kind.is_socket() => Some("a socket"),
+        _ if kind.is_char_device() || kind.is_block_device() => Some("a device"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(what) = what {
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("it is larger than {} KiB", MAX_FILE / 1024));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::error::os_message(&e))?;
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
+}
+
+/// Whether tsinit reads the environment variable `name` (so a value it cannot use is
+/// an error, not silently nothing).
+fn read_by_tsinit(name: &str) -> bool {
+    name.starts_with("TSINIT_")
+        || CONTAINERBOOT_ENV.iter().any(|(n, _)| *n == name)
+        || crate::tailscale::KEY_VARS
+            .iter()
+            .any(|v| name == *v || name.strip_suffix("_FILE") == Some(v))
+}
+
+/// The TSINIT_* variables that are not settings: the configuration file, the log
+/// level, and the image name scripts/image and compose.yaml use (accepted and ignored).
+const OTHER_VARS: [&str; 3] = ["TSINIT_CONFIG", crate::logging::ENV, "TSINIT_IMAGE"];
+
+/// Checks the environment's names and values before anything is read from it: a
+/// TSINIT_* variable that is no setting (a misspelt one would be ignored silently), or
+/// a variable tsinit reads whose value is not UTF-8, is an error.
+pub fn check_environment<N, V>(vars: impl Iterator<Item = (N, V)>) -> Result<(), ConfigError>
+where
+    N: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use std::os::unix::ffi::OsStrExt;
+    let known = || {
+        KEYS.iter()
+            .map(|k| env_name(k))
+            .chain(OTHER_VARS.iter().map(|v| v.to_string()))
+    };
+    for (name, value) in vars {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        // Most of the environment is none of tsinit's business: looked at without
+        // allocating anything.
+        let bytes = name.as_bytes();
+        if !(bytes.starts_with(b"TS_")
+            || bytes.starts_with(b"TSINIT_")
+            || bytes.starts_with(b"TAILSCALE_"))
+        {
+            continue;
+        }
+        let shown = name.to_string_lossy();
+        if shown.starts_with("TSINIT_") && !known().any(|k| *k == shown) {
+            // A name cut short counts as closest; else the fewest edits away.
+            let closest = known()
+                .filter(|k| k != "TSINIT_IMAGE")
+                .min_by_key(|k| match k.starts_with(&*shown) {
+                    true => 0,
+                    false => edit_distance(k, &shown),
+                })
+                .unwrap_or_default();
+            return Err(ConfigError {
+                origin: format!("{shown}={:?}", value.to_string_lossy()),
+                message: format!(
+                    "no such setting (did you mean {closest}?); the variables are listed in \
+                     the README's Configuration table"
+                ),
+            });
+        }
+        if read_by_tsinit(&shown) && value.to_str().is_none() {
+            return Err(ConfigError {
+                origin: shown.to_string(),
+                message: "the value is not valid UTF-8: set it to UTF-8 text, or unset it"
+                    .to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance between `a` and `b` (by characters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Builds the configuration from a file's `text` (named `origin` in errors) and the
+/// environment overrides.
+pub fn from_text(
+    origin: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut config = Config {
+        source: origin.to_string(),
+        ..Config::default()
+    };
+    raw::apply_file(&mut config, text, origin)?;
+    // The containerboot variables first, so that TSINIT_* wins.
+    let containerboot = SETTINGS.iter().flat_map(|setting| {
+        let vars = setting.containerboot.iter();
+        vars.map(move |var| (var.name.to_string(), var.rewrite, setting))
+    });
+    let ours = SETTINGS
+        .iter()
+        .map(|setting| (env_name(setting.key), AS_IS, setting));
+    for (name, rewrite, setting) in containerboot.chain(ours) {
+        let Some(value) = env(&name) else {
+            continue;
+        };
+        let raw = Raw::Str(rewrite(&value).map_or_else(|| value.clone(), str::to_string));
+        (setting.set)(&mut config, &raw).map_err(|message| ConfigError {
+            origin: format!("{name}={value:?}"),
+            message,
+        })?;
+    }
+    crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
+        origin: match env(&env_name("serve_ports")) {
+            Some(v) if message.contains("serve_ports") => {
+                format!("{origin} and {}={v:?}", env_name("serve_ports"))
+            }
+            _ => origin.to_string(),
+        },
+        message: format!("[[serve]]: {message}"),
+    })?;
+    Ok(config)
+}
+
+fn choose_file(cli_path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(p) = cli_path {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env("TSINIT_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
