@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{self, Config};
 use crate::error::{EXIT_USAGE, Error};
 use crate::localapi::LocalApi;
-use crate::service;
+use crate::tailscaled;
 
 /// Prints a line on stdout. A stdout closed early (`tsinit status | head -1`, a
 /// HEALTHCHECK that stops reading) is no reason to fail, let alone to panic.
@@ -84,8 +84,8 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
     let opts = options(args, true)?;
     let config = load(&opts)?;
     let path_env = std::env::var("PATH").unwrap_or_default();
-    let hostname = service::system_hostname();
-    let report = service::run_preflight(&config, false, &path_env, &hostname);
+    let hostname = tailscaled::system_hostname();
+    let report = tailscaled::run_preflight(&config, false, &path_env, &hostname);
     // Not PID 1 here: asking the binaries for their version is harmless.
     let versions: Vec<(&str, String)> = [
         ("tailscaled", &report.tailscaled),

@@ -2,6 +2,7 @@
 //! these modules together in the order of the README's "Operation" list.
 #![deny(unsafe_code)]
 
+pub mod bringup;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -14,7 +15,6 @@ pub mod logging;
 pub mod preflight;
 pub mod procs;
 pub mod serve;
-pub mod service;
 pub mod signals;
 pub mod sys;
-pub mod tailscale;
+pub mod tailscaled;

@@ -9,13 +9,14 @@ use std::ffi::{OsString, c_char, c_int};
 use std::io::Write;
 
 use log::{debug, warn};
+use tsinit::bringup::identity;
 use tsinit::cli::{self, Invocation, USAGE, UsageError};
 use tsinit::config::OnFailure;
 use tsinit::error::{EXIT_USAGE, Error};
 use tsinit::init::{self, Init, Service};
-use tsinit::service::{self, BringupError};
 use tsinit::signals::Signals;
-use tsinit::{commands, config, logging, sys, tailscale};
+use tsinit::tailscaled::{self, BringupError, Tailscaled};
+use tsinit::{commands, config, logging, sys};
 
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
@@ -81,7 +82,11 @@ fn run(args: Vec<OsString>) -> i32 {
     debug!("configuration: {config:?}");
 
     // 3. Preflight: decide whether and how tailscaled runs (kernel or userspace).
-    let mut tailnet = match service::prepare(&config, &env) {
+    let prepared = match tailscaled::prepare(&config, &env) {
+        Ok(prepared) => prepared,
+        Err(e) => return fail(e),
+    };
+    let mut tailnet = match prepared.map(|p| Tailscaled::new(p, &config)).transpose() {
         Ok(tailnet) => tailnet,
         Err(e) => return fail(e),
     };
@@ -98,7 +103,7 @@ fn run(args: Vec<OsString>) -> i32 {
 
     // 5. Start tailscaled and bring the node up (fail loudly, or go on as configured).
     if let Some(t) = tailnet.as_mut() {
-        match t.start(&mut init).and_then(|()| t.finish()) {
+        match t.bring_up(&mut init) {
             Ok(()) => {}
             Err(BringupError::Stop(sig)) => {
                 t.stop(&mut init);
@@ -115,13 +120,12 @@ fn run(args: Vec<OsString>) -> i32 {
                 t.stop(&mut init);
                 return code;
             }
-            Err(BringupError::WorkloadExited) => {}
         }
     }
 
     // 6. Write the hosts block, then start the workload, without the auth key and
     //    (unless configured) without CAP_NET_ADMIN/CAP_NET_RAW.
-    let mut env: Vec<(String, Option<String>)> = tailscale::KEY_VARS
+    let mut env: Vec<(String, Option<String>)> = identity::KEY_VARS
         .iter()
         .map(|v| (v.to_string(), None))
         .collect();
@@ -143,7 +147,7 @@ fn run(args: Vec<OsString>) -> i32 {
         return fail(e);
     }
     if let Some(t) = tailnet.as_mut() {
-        t.follow_changes(); // now, so it does not delay the workload
+        t.on_workload_started();
     }
 
     // 7. Forward signals, reap, and keep tailscaled running until the workload exits.
@@ -170,7 +174,7 @@ fn fail(e: Error) -> i32 {
 /// single thread.
 fn hide_secrets() -> Vec<(String, String)> {
     let mut taken = Vec::new();
-    for var in tailscale::KEY_VARS {
+    for var in identity::KEY_VARS {
         if let Ok(value) = std::env::var(var) {
             logging::add_secret(&value);
             sys::scrub_env(var);
@@ -186,7 +190,7 @@ fn hide_secrets() -> Vec<(String, String)> {
             continue;
         };
         let args: Vec<String> = value.split_whitespace().map(str::to_string).collect();
-        let (rest, secrets) = tailscale::split_secret_args(&args);
+        let (rest, secrets) = identity::split_secret_args(&args);
         if secrets.is_empty() {
             continue;
         }

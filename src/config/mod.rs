@@ -114,7 +114,7 @@ pub struct Tailscale {
     pub up_timeout: Duration,
     pub extra_up_args: Vec<String>,
     /// Secrets found in the extra `up` arguments (taken out of `extra_up_args`).
-    pub up_secrets: Vec<crate::tailscale::SecretArg>,
+    pub up_secrets: Vec<crate::bringup::identity::SecretArg>,
     pub tailscaled_args: Vec<String>,
     pub socks5_server: String,
     pub http_proxy: String,
@@ -263,7 +263,7 @@ pub fn read_small_file(path: &Path) -> Result<String, String> {
 fn read_by_tsinit(name: &str) -> bool {
     name.starts_with("TSINIT_")
         || CONTAINERBOOT_ENV.iter().any(|(n, _)| *n == name)
-        || crate::tailscale::KEY_VARS
+        || crate::bringup::identity::KEY_VARS
             .iter()
             .any(|v| name == *v || name.strip_suffix("_FILE") == Some(v))
 }

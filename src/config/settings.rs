@@ -127,7 +127,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("tailscale.up_timeout", [], |c, raw| c.tailscale.up_timeout = timeout_value(raw)?),
     setting!("tailscale.extra_up_args", [ts("TS_EXTRA_ARGS")], |c, raw|
         (c.tailscale.extra_up_args, c.tailscale.up_secrets) =
-            crate::tailscale::split_secret_args(&args_value(raw)?)),
+            crate::bringup::identity::split_secret_args(&args_value(raw)?)),
     setting!("tailscale.tailscaled_args", [ts("TS_TAILSCALED_EXTRA_ARGS")], |c, raw|
         c.tailscale.tailscaled_args = args_value(raw)?),
     setting!("tailscale.socks5_server", [ts("TS_SOCKS5_SERVER")], |c, raw|

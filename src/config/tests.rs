@@ -580,7 +580,7 @@ fn the_settings_table_is_consistent() {
             "{name} sets {key}, which is no setting"
         );
         assert!(
-            !crate::tailscale::KEY_VARS
+            !crate::bringup::identity::KEY_VARS
                 .iter()
                 .any(|v| name == *v || name.strip_suffix("_FILE") == Some(v)),
             "{name} is an auth key variable"

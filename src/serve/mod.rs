@@ -1,12 +1,14 @@
 //! Declarative `tailscale serve`: the `[[serve]]` entries, `serve_ports` and a
 //! ServeConfig file (TS_SERVE_CONFIG) turned into the part of tailscaled's ServeConfig
 //! tsinit manages, and merged into what tailscaled has so that only what differs changes.
-//! Pure logic; reading and writing the config over the LocalAPI is in `service`.
+//! Pure logic; reading and writing the config over the LocalAPI is in `apply`.
 //!
 //! tsinit manages ports (TCP), web host:ports (Web) and funnel switches (AllowFunnel) it
 //! set itself; it remembers which in a small file beside tailscaled's state, so an entry
 //! removed from the configuration is removed from tailscaled, and whatever was served by
 //! hand (`tailscale serve ...`) on other ports is left alone.
+
+pub mod apply;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,8 @@
 //! A client for tailscaled's LocalAPI: HTTP/1.1 over its unix socket, blocking or polled.
 
-use std::collections::BTreeMap;
+mod http;
+mod types;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -8,35 +10,17 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer};
-
 use crate::error::os_message;
+use http::{Decoder, check_request_line, request_bytes_with};
+pub use http::{HOST, Response, parse_response, request_bytes};
+pub use types::*;
 
-/// The Host tailscaled requires; any other (e.g. `localhost`) is answered 403.
-pub const HOST: &str = "local-tailscaled.sock";
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 16 * 1024 * 1024;
 const READ_SIZE: usize = 64 * 1024;
-const SERVE_CONFIG: &str = "/localapi/v0/serve-config";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    let mut found = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
-    found.next().map(|(_, v)| v.as_str())
-}
+pub const SERVE_CONFIG: &str = "/localapi/v0/serve-config";
+/// The prefs.
+pub const PREFS: &str = "/localapi/v0/prefs";
+/// The status, without peers.
+pub const STATUS: &str = "/localapi/v0/status?peers=false";
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -93,237 +77,6 @@ fn proto(msg: impl Into<String>) -> ApiError {
 
 fn io_err(context: String) -> impl FnOnce(io::Error) -> ApiError {
     move |source| ApiError::Io { context, source }
-}
-
-/// The bytes of a request. A `Content-Length` is sent only with a body.
-pub fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
-    request_bytes_with(method, path, &[], body)
-}
-
-/// [`request_bytes`] with extra header lines.
-fn request_bytes_with(
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        req.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if let Some(body) = body {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut req = req.into_bytes();
-    req.extend_from_slice(body.unwrap_or_default());
-    req
-}
-
-/// Given everything received so far and whether the peer closed, the response once complete
-/// (Ok(None): more bytes needed). Interim 1xx responses are skipped; bytes after the body
-/// are ignored.
-pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<Response>, ApiError> {
-    let mut decoder = Decoder::default();
-    match decoder.feed(buf, eof)? {
-        true => Ok(decoder.take_response()),
-        false => Ok(None),
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilEof,
-}
-
-#[derive(Debug)]
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-    framing: Framing,
-}
-
-/// Incremental response parser: `raw` holds received bytes not yet decoded.
-#[derive(Debug, Default)]
-struct Decoder {
-    raw: Vec<u8>,
-    head: Option<Head>,
-    body: Vec<u8>,
-    complete: bool,
-}
-
-impl Decoder {
-    /// Adds `data` and decodes as far as possible; true once the response is complete.
-    fn feed(&mut self, data: &[u8], eof: bool) -> Result<bool, ApiError> {
-        if self.complete {
-            return Ok(true);
-        }
-        self.raw.extend_from_slice(data);
-        while self.head.is_none() {
-            let Some(end) = find(&self.raw, b"\r\n\r\n") else {
-                if self.raw.len() > MAX_HEAD {
-                    return Err(proto("response headers larger than 64 KiB"));
-                } else if eof && self.raw.is_empty() {
-                    return Err(proto("connection closed without a response"));
-                } else if eof {
-                    return Err(proto("connection closed inside the response headers"));
-                }
-                return Ok(false);
-            };
-            if end > MAX_HEAD {
-                return Err(proto("response headers larger than 64 KiB"));
-            }
-            let (status, headers) = parse_head(self.raw.get(..end).unwrap_or_default())?;
-            self.raw.drain(..(end + 4).min(self.raw.len()));
-            if !(100..200).contains(&status) || status == 101 {
-                let framing = framing(status, &headers)?;
-                self.head = Some(Head {
-                    status,
-                    headers,
-                    framing,
-                });
-            }
-        }
-        let done = match self.head.as_ref().map(|h| h.framing) {
-            Some(Framing::Length(n)) => {
-                let take = n.saturating_sub(self.body.len()).min(self.raw.len());
-                self.body.extend(self.raw.drain(..take));
-                self.raw.clear();
-                self.body.len() == n
-            }
-            Some(Framing::Chunked) => {
-                let (used, end) = decode_chunks(&self.raw, &mut self.body, MAX_BODY)?;
-                self.raw.drain(..used.min(self.raw.len()));
-                end
-            }
-            Some(Framing::UntilEof) | None => {
-                self.body.append(&mut self.raw);
-                eof
-            }
-        };
-        if self.body.len() > MAX_BODY {
-            return Err(proto("response body larger than 16 MiB"));
-        } else if !done && eof {
-            return Err(proto("connection closed inside the response body"));
-        }
-        self.complete = done;
-        Ok(done)
-    }
-
-    fn take_response(&mut self) -> Option<Response> {
-        let head = self.head.take()?;
-        let body = std::mem::take(&mut self.body);
-        Some(Response {
-            status: head.status,
-            headers: head.headers,
-            body,
-        })
-    }
-}
-
-fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), ApiError> {
-    let text = std::str::from_utf8(head).map_err(|_| proto("response headers are not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.splitn(3, ' ');
-    let status = match (parts.next(), parts.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") && code.len() == 3 => {
-            code.parse::<u16>().ok().filter(|c| (100..600).contains(c))
-        }
-        _ => None,
-    };
-    let status = status.ok_or_else(|| proto(format!("malformed status line {line:?}")))?;
-    let headers = lines.map(|l| match l.split_once(':') {
-        Some((n, v)) if !n.is_empty() => Ok((n.trim().to_string(), v.trim().to_string())),
-        _ => Err(proto(format!("malformed header line {l:?}"))),
-    });
-    Ok((status, headers.collect::<Result<_, _>>()?))
-}
-
-fn framing(status: u16, headers: &[(String, String)]) -> Result<Framing, ApiError> {
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        Ok(Framing::Length(0))
-    } else if let Some(te) = header(headers, "transfer-encoding") {
-        match te.eq_ignore_ascii_case("chunked") {
-            true => Ok(Framing::Chunked),
-            false => Err(proto(format!("unsupported Transfer-Encoding {te:?}"))),
-        }
-    } else if let Some(len) = header(headers, "content-length") {
-        match len.parse::<usize>() {
-            Ok(n) if n > MAX_BODY => Err(proto("response body larger than 16 MiB")),
-            Ok(n) if len.bytes().all(|b| b.is_ascii_digit()) => Ok(Framing::Length(n)),
-            _ => Err(proto(format!("malformed Content-Length {len:?}"))),
-        }
-    } else {
-        Ok(Framing::UntilEof)
-    }
-}
-
-/// Decodes the complete chunks at the start of `raw` into `out` (which may not grow past
-/// `limit`). Returns how many bytes of `raw` were used and whether the last chunk was seen.
-fn decode_chunks(raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(usize, bool), ApiError> {
-    let mut pos = 0;
-    loop {
-        let rest = raw.get(pos..).unwrap_or_default();
-        let Some(line_len) = find(rest, b"\r\n") else {
-            if rest.len() > MAX_HEAD {
-                return Err(proto("chunk size line too long"));
-            }
-            return Ok((pos, false));
-        };
-        let line = rest.get(..line_len).unwrap_or_default();
-        let digits = line
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        let size = std::str::from_utf8(digits)
-            .ok()
-            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|d| usize::from_str_radix(d, 16).ok())
-            .ok_or_else(|| proto(format!("malformed chunk size {:?}", line.escape_ascii())))?;
-        let start = line_len + 2;
-        if size == 0 {
-            let trailers = rest.get(start..).unwrap_or_default();
-            if trailers.starts_with(b"\r\n") {
-                return Ok((pos + start + 2, true));
-            } else if let Some(i) = find(trailers, b"\r\n\r\n") {
-                return Ok((pos + start + i + 4, true));
-            } else if trailers.len() > MAX_HEAD {
-                return Err(proto("chunked trailers larger than 64 KiB"));
-            }
-            return Ok((pos, false));
-        } else if size > limit.saturating_sub(out.len()) {
-            return Err(proto("response body larger than 16 MiB"));
-        }
-        let (Some(data), Some(crlf)) = (rest.get(start..start + size), rest.get(start + size..))
-        else {
-            return Ok((pos, false));
-        };
-        match crlf.get(..2) {
-            None if crlf.is_empty() || crlf == b"\r" => return Ok((pos, false)),
-            Some(b"\r\n") => {}
-            _ => return Err(proto("chunk data not followed by CRLF")),
-        }
-        out.extend_from_slice(data);
-        pos += start + size + 2;
-    }
-}
-
-fn check_request_line(method: &str, path: &str) -> Result<(), ApiError> {
-    let bad = |s: &str| s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f);
-    match bad(method) || bad(path) {
-        true => Err(proto(format!(
-            "refusing to send request {method:?} {path:?}"
-        ))),
-        false => Ok(()),
-    }
 }
 
 /// Connects to `socket` and writes the whole request.
@@ -406,7 +159,18 @@ impl PendingRequest {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<PendingRequest, ApiError> {
-        let stream = send(socket, method, path, &[], body, None, true)?;
+        PendingRequest::start_with(socket, method, path, &[], body)
+    }
+
+    /// [`PendingRequest::start`] with extra request headers.
+    pub fn start_with(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<PendingRequest, ApiError> {
+        let stream = send(socket, method, path, headers, body, None, true)?;
         Ok(PendingRequest {
             stream,
             decoder: Decoder::default(),
@@ -438,6 +202,77 @@ impl PendingRequest {
             }
         }
     }
+}
+
+/// How long tsinit waits for any LocalAPI answer before it counts tailscaled as hung.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request the main loop drives: sent at once, answered when its descriptor is
+/// readable, given up at its deadline (then tailscaled counts as hung).
+#[derive(Debug)]
+pub struct Request {
+    pending: PendingRequest,
+    pub deadline: Instant,
+    pub what: String,
+}
+
+/// Where a [`Request`] is.
+#[derive(Debug)]
+pub enum Answer {
+    Pending,
+    /// A 2xx answer.
+    Ok(Response),
+    /// Not answered in time.
+    TimedOut,
+    /// Failed otherwise (refused, not 2xx, cut short).
+    Failed(ApiError),
+}
+
+impl Request {
+    /// Sends `method path` (with `headers` and `body`) to the LocalAPI at `socket`.
+    pub fn send(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Request, ApiError> {
+        Ok(Request {
+            pending: PendingRequest::start_with(socket, method, path, headers, body)?,
+            deadline: Instant::now() + ANSWER_TIMEOUT,
+            what: format!("{method} {path}"),
+        })
+    }
+
+    /// GET `path`.
+    pub fn get(socket: &Path, path: &str) -> Result<Request, ApiError> {
+        Request::send(socket, "GET", path, &[], None)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.pending.fd()
+    }
+
+    /// Reads what has arrived (never blocks).
+    pub fn poll(&mut self) -> Answer {
+        match self.pending.on_readable() {
+            Ok(Some(resp)) => match require_2xx(resp) {
+                Ok(resp) => Answer::Ok(resp),
+                Err(e) => Answer::Failed(e),
+            },
+            Ok(None) if Instant::now() >= self.deadline => Answer::TimedOut,
+            Ok(None) => Answer::Pending,
+            Err(e) => Answer::Failed(e),
+        }
+    }
+}
+
+/// Decodes a JSON answer to `what`.
+pub fn decode<T: serde::de::DeserializeOwned>(resp: &Response, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(&resp.body).map_err(|source| ApiError::Json {
+        context: format!("decoding the response to {what}"),
+        source,
+    })
 }
 
 /// A blocking client; `timeout` bounds each request from sending to the end of the response.
@@ -521,8 +356,10 @@ impl LocalApi {
         })
     }
 
+    /// The status of this node, without its peers (which come with the netmap on the IPN
+    /// bus): small whatever the tailnet's size.
     pub fn status(&self) -> Result<Status, ApiError> {
-        self.get_json("/localapi/v0/status")
+        self.get_json(STATUS)
     }
 
     pub fn prefs(&self) -> Result<Prefs, ApiError> {
@@ -564,11 +401,13 @@ impl LocalApi {
         stream
             .set_read_timeout(None)
             .map_err(io_err(format!("watching {}", self.socket.display())))?;
+        decoder.limit = MAX_NOTIFICATION;
         Ok(IpnBus {
             stream,
             decoder,
             what: format!("GET {path}"),
             done: false,
+            scanned: 0,
         })
     }
 }
@@ -595,14 +434,21 @@ fn require_2xx(resp: Response) -> Result<Response, ApiError> {
     }
 }
 
-/// The notifications of `watch_ipn_bus`, one JSON object each; ends when tailscaled closes.
+/// The notifications of `watch_ipn_bus`, one JSON object a line; ends when tailscaled
+/// closes. A notification may be as large as the netmap (megabytes in a big tailnet): it
+/// is read whole, up to [`MAX_NOTIFICATION`], never re-parsed while it arrives.
 #[derive(Debug)]
 pub struct IpnBus {
     stream: UnixStream,
     decoder: Decoder,
     what: String,
     done: bool,
+    /// How much of the decoded body is known to hold no newline.
+    scanned: usize,
 }
+
+/// The largest notification read (a netmap of several hundred thousand nodes).
+pub const MAX_NOTIFICATION: usize = 1 << 30;
 
 impl IpnBus {
     /// The connection, e.g. to shut it down from another thread.
@@ -610,45 +456,64 @@ impl IpnBus {
         &self.stream
     }
 
-    fn next_value(&mut self) -> Result<Option<serde_json::Value>, ApiError> {
+    /// What has arrived after the last notification returned (complete notifications
+    /// among it end with a newline).
+    pub fn buffered(&self) -> &[u8] {
+        &self.decoder.body
+    }
+
+    /// The next notification's JSON (without its newline); `None` at the end.
+    pub fn next_raw(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
         let mut buf = vec![0u8; READ_SIZE];
         loop {
             let body = &mut self.decoder.body;
-            let mut values = serde_json::Deserializer::from_slice(body).into_iter();
-            match values.next() {
-                Some(Ok(value)) => {
-                    let used = values.byte_offset().min(body.len());
-                    body.drain(..used);
-                    return Ok(Some(value));
+            let from = self.scanned.min(body.len());
+            if let Some(i) = body[from..].iter().position(|&b| b == b'\n') {
+                let rest = body.split_off(from + i + 1);
+                let mut line = std::mem::replace(body, rest);
+                line.pop();
+                self.scanned = 0;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
                 }
-                Some(Err(e)) if !e.is_eof() => {
-                    let context = format!("decoding a notification from {}", self.what);
-                    return Err(ApiError::Json { context, source: e });
-                }
-                Some(Err(_)) => {}
-                None => body.clear(),
+                return Ok(Some(line));
             }
-            // Read until the decoded body grows (a whole chunk arrived) or the stream ends.
-            let before = self.decoder.body.len();
-            while self.decoder.body.len() == before {
-                let n = match self.decoder.complete {
-                    true => 0,
-                    false => read_by(&mut self.stream, &mut buf, None, &self.what)?,
-                };
-                if n == 0 && self.decoder.raw.is_empty() && self.decoder.body.is_empty() {
+            self.scanned = body.len();
+            let n = match self.decoder.complete {
+                true => 0,
+                false => read_by(&mut self.stream, &mut buf, None, &self.what)?,
+            };
+            if n == 0 {
+                let body = std::mem::take(&mut self.decoder.body);
+                self.scanned = 0;
+                if body.iter().all(u8::is_ascii_whitespace) && self.decoder.raw.is_empty() {
                     return Ok(None);
-                } else if n == 0 {
+                }
+                if !self.decoder.complete {
                     return Err(proto(format!(
                         "LocalAPI {}: stream ended inside a notification",
                         self.what
                     )));
                 }
-                let data = buf.get(..n).unwrap_or_default();
-                self.decoder
-                    .feed(data, false)
-                    .map_err(|e| e.about(&self.what))?;
+                return Ok(Some(body));
             }
+            let data = buf.get(..n).unwrap_or_default();
+            self.decoder
+                .feed(data, false)
+                .map_err(|e| e.about(&self.what))?;
         }
+    }
+
+    fn next_value(&mut self) -> Result<Option<serde_json::Value>, ApiError> {
+        let Some(raw) = self.next_raw()? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|source| ApiError::Json {
+                context: format!("decoding a notification from {}", self.what),
+                source,
+            })
     }
 }
 
@@ -665,111 +530,9 @@ impl Iterator for IpnBus {
     }
 }
 
-/// Deserializes null as the type's default (serde's `default` only covers missing fields).
-fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
-    d: D,
-) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// GET /localapi/v0/status (the fields tsinit uses).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Status {
-    pub backend_state: String,
-    pub version: String,
-    #[serde(rename = "AuthURL")]
-    pub auth_url: String,
-    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
-    pub tailscale_ips: Vec<String>,
-    #[serde(rename = "Self")]
-    pub self_: Option<PeerStatus>,
-    #[serde(deserialize_with = "null_default")]
-    pub health: Vec<String>,
-    #[serde(rename = "MagicDNSSuffix")]
-    pub magic_dns_suffix: String,
-    pub current_tailnet: Option<Tailnet>,
-    #[serde(deserialize_with = "null_default")]
-    pub peer: BTreeMap<String, PeerStatus>,
-    #[serde(rename = "TUN")]
-    pub tun: bool,
-    /// DNS names control can get TLS certificates for (empty: HTTPS is off).
-    #[serde(deserialize_with = "null_default")]
-    pub cert_domains: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct PeerStatus {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub host_name: String,
-    #[serde(rename = "DNSName")]
-    pub dns_name: String,
-    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
-    pub tailscale_ips: Vec<String>,
-    pub online: bool,
-    #[serde(rename = "OS")]
-    pub os: String,
-    #[serde(deserialize_with = "null_default")]
-    pub tags: Vec<String>,
-    /// The node's capabilities (keys only).
-    #[serde(deserialize_with = "null_default")]
-    pub cap_map: BTreeMap<String, serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Tailnet {
-    pub name: String,
-    #[serde(rename = "MagicDNSSuffix")]
-    pub magic_dns_suffix: String,
-    #[serde(rename = "MagicDNSEnabled")]
-    pub magic_dns_enabled: bool,
-}
-
-/// GET /localapi/v0/prefs (the fields tsinit uses).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct Prefs {
-    #[serde(rename = "ControlURL")]
-    pub control_url: String,
-    pub route_all: bool,
-    pub want_running: bool,
-    pub logged_out: bool,
-    pub hostname: String,
-    #[serde(rename = "CorpDNS")]
-    pub corp_dns: bool,
-    #[serde(rename = "RunSSH")]
-    pub run_ssh: bool,
-    pub shields_up: bool,
-    #[serde(deserialize_with = "null_default")]
-    pub advertise_tags: Vec<String>,
-    #[serde(deserialize_with = "null_default")]
-    pub advertise_routes: Vec<String>,
-    pub no_stateful_filtering: bool,
-    #[serde(rename = "NoSNAT")]
-    pub no_snat: bool,
-    /// The persisted login (keys redacted); null when the node never logged in.
-    pub config: Option<serde_json::Value>,
-}
-
-impl Prefs {
-    /// Whether these prefs hold a login that tailscaled will resume: not logged out,
-    /// meant to run, and a persisted node. (A restarted tailscaled has loaded them while
-    /// its state still reads NoState.)
-    pub fn saved_login(&self) -> bool {
-        let node = self
-            .config
-            .as_ref()
-            .and_then(|c| c.get("NodeID"))
-            .and_then(|n| n.as_str());
-        !self.logged_out && self.want_running && node.is_some_and(|n| !n.is_empty())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::http::{MAX_BODY, MAX_HEAD, find};
     use super::*;
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::unix::net::UnixListener;
@@ -1040,7 +803,8 @@ mod tests {
         assert_eq!(got.unwrap().backend_state, "NeedsLogin");
         assert_eq!(
             req.as_bytes(),
-            request_bytes("GET", "/localapi/v0/status", None)
+            request_bytes("GET", "/localapi/v0/status?peers=false", None),
+            "the status without peers: small whatever the tailnet's size"
         );
         let (got, req) = against(&ok(PREFS_JSON), |api| api.prefs());
         assert!(got.unwrap().logged_out && req.starts_with("GET /localapi/v0/prefs HTTP/1.1\r\n"));

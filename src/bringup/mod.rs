@@ -1,0 +1,711 @@
+//! Getting the node to what the configuration says, read top to bottom as README
+//! "Operation" step 5: tailscaled answers → its prefs → (a saved login, or the state
+//! once known) → nothing, `tailscale set` or `tailscale up` → Running → a rename
+//! followed → the bus heard → serve → SSH. Each step waits for an event the main loop
+//! delivers (an answer, a bus event, a CLI exit, a deadline): no step ever blocks, so the
+//! same bring-up runs before the workload and, after a restart, while it runs.
+
+pub mod identity;
+pub mod plan;
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+
+use crate::duration;
+use crate::init::Init;
+use crate::localapi::{
+    self, Answer, BackendState, PREFS, Prefs, Request, SSH_CAPABILITY, STATUS, Status,
+};
+use crate::serve::apply::{Job, JobError};
+use crate::tailscaled::{Phase, Tailscaled, cli, ready};
+use plan::{Current, Plan};
+
+/// How long a bring-up that renamed the node waits for control's new DNS name.
+const RENAME_WAIT: Duration = Duration::from_secs(10);
+/// How long the bring-up waits for the IPN bus's first notification (it comes at once).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the bring-up is, and what it waits for.
+pub enum Step {
+    /// Nothing under way.
+    Idle,
+    /// tailscaled's first LocalAPI answer.
+    Ready(Box<ready::Wait>),
+    /// Its prefs (its status is in).
+    Prefs { status: Box<Status>, req: Request },
+    /// NoState without a saved login: the real state (read again after bus events,
+    /// since tailscaled announces some changes with no State event).
+    LeftNoState {
+        prefs: Box<Prefs>,
+        req: Option<Request>,
+        heard: u64,
+        until: Instant,
+    },
+    /// A `tailscale up` (`up` true) or `set` call.
+    Cli { run: cli::Run, up: bool, flow: Flow },
+    /// A failure whose message gets tailscaled's health added.
+    Explain {
+        prefix: String,
+        cli: String,
+        req: Request,
+    },
+    /// After `up`: the node's addresses, to say so.
+    UpDone { req: Request, flow: Flow },
+    /// A resumed login: until the node is Running (and, with a hosts block, its netmap).
+    Running { until: Instant, flow: Flow },
+    /// Renamed with serve configured: until control names the node after its hostname.
+    Renamed { until: Instant, label: String },
+    /// Until the IPN bus's first notification is in (the hosts block is written from it).
+    Settle { until: Instant },
+    /// The serve config, as part of the bring-up.
+    Serve(Box<Job>),
+    /// Whether control enabled Tailscale SSH: the status and the prefs.
+    Ssh {
+        status: Request,
+        prefs: Request,
+        got: Box<(Option<Status>, Option<Prefs>)>,
+    },
+    /// The serve config again while the workload runs (its file changed, a rename).
+    Reserve(Box<Job>),
+}
+
+/// Why a bring-up failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Getting the node up failed: retried with backoff once the workload runs.
+    Bringup(String),
+    /// tailscaled does not answer: it is killed (and restarted).
+    Hung(String),
+    /// The node is up, but serve or SSH is not as configured: only reported once the
+    /// workload runs.
+    Finish(String),
+}
+
+type Progress = Option<Result<(), Failure>>;
+
+impl Step {
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(match self {
+            Step::Idle => return None,
+            Step::Ready(w) => w.wake_at(),
+            Step::Prefs { req, .. } | Step::Explain { req, .. } | Step::UpDone { req, .. } => {
+                req.deadline
+            }
+            Step::LeftNoState { req, until, .. } => {
+                req.as_ref().map_or(*until, |r| r.deadline.min(*until))
+            }
+            Step::Cli { run, .. } => run.deadline,
+            Step::Running { until, .. } | Step::Renamed { until, .. } | Step::Settle { until } => {
+                *until
+            }
+            Step::Serve(job) | Step::Reserve(job) => job.deadline(),
+            Step::Ssh { status, prefs, .. } => status.deadline.min(prefs.deadline),
+        })
+    }
+
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            Step::Ready(w) => w.fds(),
+            Step::Prefs { req, .. } | Step::Explain { req, .. } | Step::UpDone { req, .. } => {
+                vec![req.fd()]
+            }
+            Step::LeftNoState { req, .. } => req.iter().map(|r| r.fd()).collect(),
+            Step::Serve(job) | Step::Reserve(job) => vec![job.fd()],
+            Step::Ssh { status, prefs, .. } => vec![status.fd(), prefs.fd()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An unanswered request: tailscaled counts as hung.
+fn hung(req: &Request) -> Failure {
+    Failure::Hung(format!(
+        "tailscaled did not answer {} within {}",
+        req.what,
+        duration::format(localapi::ANSWER_TIMEOUT)
+    ))
+}
+
+impl Tailscaled {
+    /// Makes what progress the bring-up can; `Some` once it has ended.
+    pub(crate) fn advance(&mut self, init: &mut Init) -> Progress {
+        loop {
+            let step = std::mem::replace(&mut self.step, Step::Idle);
+            let (next, progress) = self.step_once(step, init);
+            match progress {
+                Some(Ok(false)) => {
+                    self.step = next;
+                    return None;
+                }
+                Some(Ok(true)) => self.step = next,
+                Some(Err(f)) => {
+                    self.step = Step::Idle;
+                    return Some(Err(f));
+                }
+                None => {
+                    self.step = next;
+                    return Some(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// One look at `step`: the step to be in, and Some(Ok(true)) to look again at once,
+    /// Some(Ok(false)) to wait, Some(Err) on failure, None when the bring-up is done.
+    fn step_once(&mut self, step: Step, init: &mut Init) -> (Step, Option<Result<bool, Failure>>) {
+        let wait = |s: Step| (s, Some(Ok(false)));
+        // The next step (Idle: the bring-up is done), to be looked at at once.
+        let go = |s: Result<Step, Failure>| match s {
+            Ok(Step::Idle) => (Step::Idle, None),
+            Ok(s) => (s, Some(Ok(true))),
+            Err(f) => (Step::Idle, Some(Err(f))),
+        };
+        let fail = |f: Failure| (Step::Idle, Some(Err(f)));
+        match step {
+            Step::Idle => (Step::Idle, Some(Ok(false))),
+            Step::Ready(mut w) => match w.poll(&self.inotify) {
+                Err(why) => fail(Failure::Bringup(why)),
+                Ok(Some(status)) => go(self.answered(status)),
+                Ok(None) if Instant::now() >= w.deadline => fail(Failure::Hung(format!(
+                    "tailscaled did not answer within {} (tailscale.boot_timeout); its last lines:\n{}",
+                    duration::format(self.cfg.boot_timeout),
+                    self.last_lines()
+                ))),
+                Ok(None) => wait(Step::Ready(w)),
+            },
+            Step::Prefs { status, mut req } => match req.poll() {
+                Answer::Pending => wait(Step::Prefs { status, req }),
+                Answer::TimedOut => fail(hung(&req)),
+                Answer::Failed(e) => fail(Failure::Bringup(format!(
+                    "cannot read tailscale's prefs: {e}"
+                ))),
+                Answer::Ok(resp) => match localapi::decode::<Prefs>(&resp, PREFS) {
+                    Err(e) => fail(Failure::Bringup(format!(
+                        "cannot read tailscale's prefs: {e}"
+                    ))),
+                    Ok(prefs) => go(self.with_prefs(*status, prefs, init)),
+                },
+            },
+            Step::LeftNoState {
+                prefs,
+                req,
+                heard,
+                until,
+            } => self.left_no_state(prefs, req, heard, until, init),
+            Step::Cli { mut run, up, flow } => match run.poll(init) {
+                None => wait(Step::Cli { run, up, flow }),
+                Some(ended) => match ended.failure(&run.shown) {
+                    Some(why) if matches!(ended, cli::Ended::TimedOut(_)) => {
+                        fail(Failure::Bringup(why))
+                    }
+                    Some(_) => {
+                        let (prefix, cli) = match &ended {
+                            cli::Ended::Failed(exit, cli) => (
+                                format!(
+                                    "tailscale {} failed ({})",
+                                    run.shown,
+                                    crate::init::describe(*exit)
+                                ),
+                                cli.clone(),
+                            ),
+                            _ => (String::new(), String::new()),
+                        };
+                        go(self.explain(prefix, cli))
+                    }
+                    None if up => go(self.status_request().map(|req| Step::UpDone { req, flow })),
+                    None => go(Ok(self.after_converge(flow))),
+                },
+            },
+            Step::Explain {
+                prefix,
+                cli,
+                mut req,
+            } => {
+                let health = match req.poll() {
+                    Answer::Pending => return wait(Step::Explain { prefix, cli, req }),
+                    Answer::Ok(resp) => localapi::decode::<Status>(&resp, STATUS)
+                        .map(|s| s.health.join("; "))
+                        .unwrap_or_default(),
+                    Answer::TimedOut | Answer::Failed(_) => String::new(),
+                };
+                // The CLI's own words first (a bad flag, a refused value), then
+                // tailscaled's.
+                let why = match (cli.is_empty(), health.is_empty()) {
+                    (true, _) => health,
+                    (false, true) => cli,
+                    (false, false) => format!("{cli} (tailscaled says: {health})"),
+                };
+                let sep = if why.is_empty() { "" } else { ": " };
+                fail(Failure::Bringup(format!("{prefix}{sep}{why}")))
+            }
+            Step::UpDone { mut req, flow } => {
+                let ips = match req.poll() {
+                    Answer::Pending => return wait(Step::UpDone { req, flow }),
+                    Answer::Ok(resp) => localapi::decode::<Status>(&resp, STATUS)
+                        .map(|s| s.tailscale_ips.join(", "))
+                        .unwrap_or_default(),
+                    Answer::TimedOut | Answer::Failed(_) => String::new(),
+                };
+                info!("tailscale is up as {} ({ips})", self.p.desired.hostname);
+                go(Ok(self.after_converge(flow)))
+            }
+            Step::Running { until, flow } => {
+                let netmap_in = self.hosts.is_none() || !self.view.dns_name().is_empty();
+                match self.view.state {
+                    Some(BackendState::Running) if netmap_in => go(Ok(self.after_running(flow))),
+                    Some(s)
+                        if !matches!(
+                            s,
+                            BackendState::Starting | BackendState::NoState | BackendState::Running
+                        ) =>
+                    {
+                        go(self.explain(
+                            format!("tailscaled went from Starting to {s}"),
+                            String::new(),
+                        ))
+                    }
+                    state if Instant::now() >= until => fail(Failure::Bringup(format!(
+                        "tailscaled is still in state {} after {} (tailscale.up_timeout); its \
+                         last lines:\n{}",
+                        state.unwrap_or(BackendState::Starting),
+                        duration::format(self.cfg.up_timeout),
+                        self.last_lines()
+                    ))),
+                    _ => wait(Step::Running { until, flow }),
+                }
+            }
+            Step::Renamed { until, label } => {
+                if identity::named_after(self.view.dns_name(), &label) {
+                    go(Ok(self.settle()))
+                } else if Instant::now() >= until {
+                    warn!(
+                        "serve: control did not rename the node within {}; serving under its \
+                         current name",
+                        duration::format(RENAME_WAIT)
+                    );
+                    go(Ok(self.settle()))
+                } else {
+                    wait(Step::Renamed { until, label })
+                }
+            }
+            Step::Settle { until } => {
+                if self.view.heard > 0 || Instant::now() >= until {
+                    go(self.finish())
+                } else {
+                    wait(Step::Settle { until })
+                }
+            }
+            Step::Serve(mut job) => {
+                match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
+                    None => wait(Step::Serve(job)),
+                    Some(Err(JobError::Hung(m))) => fail(Failure::Hung(m)),
+                    Some(result) => {
+                        let served = result.err().map(|e| e.to_string());
+                        go(self.ssh(served))
+                    }
+                }
+            }
+            Step::Reserve(mut job) => {
+                match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
+                    None => wait(Step::Reserve(job)),
+                    Some(Ok(())) => (Step::Idle, None),
+                    Some(Err(JobError::Hung(m))) => fail(Failure::Hung(m)),
+                    Some(Err(JobError::Failed(m))) => fail(Failure::Finish(m)),
+                }
+            }
+            Step::Ssh { status, prefs, got } => self.ssh_answers(status, prefs, got),
+        }
+    }
+
+    /// tailscaled answered its first status request.
+    fn answered(&mut self, status: Status) -> Result<Step, Failure> {
+        self.check_state_store(&status)?;
+        self.follow_bus();
+        let req = Request::get(&self.cfg.socket, PREFS)
+            .map_err(|e| Failure::Bringup(format!("cannot read tailscale's prefs: {e}")))?;
+        Ok(Step::Prefs {
+            status: Box::new(status),
+            req,
+        })
+    }
+
+    /// With the status and the prefs: decide, or first wait for the real state.
+    fn with_prefs(
+        &mut self,
+        status: Status,
+        prefs: Prefs,
+        init: &mut Init,
+    ) -> Result<Step, Failure> {
+        match status.state() {
+            Some(BackendState::NoState) if prefs.saved_login() => {
+                // Answering already, but not started: its prefs are loaded, and with a
+                // saved login it is starting.
+                debug!("tailscaled has a saved login (state still NoState): Starting");
+                self.converge(BackendState::Starting, &prefs, init)
+            }
+            Some(BackendState::NoState) => Ok(Step::LeftNoState {
+                prefs: Box::new(prefs),
+                req: None,
+                heard: self.view.heard,
+                until: Instant::now() + self.cfg.boot_timeout,
+            }),
+            Some(state) => self.converge(state, &prefs, init),
+            None => Err(Failure::Bringup(format!(
+                "tailscaled is in state {}, which tsinit cannot act on",
+                status.backend_state
+            ))),
+        }
+    }
+
+    fn left_no_state(
+        &mut self,
+        prefs: Box<Prefs>,
+        req: Option<Request>,
+        heard: u64,
+        until: Instant,
+        init: &mut Init,
+    ) -> (Step, Option<Result<bool, Failure>>) {
+        let known = |s: Option<BackendState>| s.filter(|s| *s != BackendState::NoState);
+        if let Some(state) = known(self.view.state) {
+            return match self.converge(state, &prefs, init) {
+                Ok(s) => (s, Some(Ok(true))),
+                Err(f) => (Step::Idle, Some(Err(f))),
+            };
+        }
+        let mut req = req;
+        if let Some(r) = req.as_mut() {
+            match r.poll() {
+                Answer::Pending => {}
+                Answer::TimedOut => return (Step::Idle, Some(Err(hung(r)))),
+                Answer::Failed(e) => {
+                    debug!("status: {e}");
+                    req = None;
+                }
+                Answer::Ok(resp) => {
+                    let state = localapi::decode::<Status>(&resp, STATUS)
+                        .ok()
+                        .and_then(|s| s.state());
+                    if let Some(state) = known(state) {
+                        return match self.converge(state, &prefs, init) {
+                            Ok(s) => (s, Some(Ok(true))),
+                            Err(f) => (Step::Idle, Some(Err(f))),
+                        };
+                    }
+                    req = None;
+                }
+            }
+        }
+        if Instant::now() >= until {
+            let why = format!(
+                "tailscaled is still in state NoState after {} (tailscale.boot_timeout); its \
+                 last lines:\n{}",
+                duration::format(self.cfg.boot_timeout),
+                self.last_lines()
+            );
+            return (Step::Idle, Some(Err(Failure::Bringup(why))));
+        }
+        // Something happened on the bus: read the state again.
+        let mut seen = heard;
+        if req.is_none() && self.view.heard > heard {
+            seen = self.view.heard;
+            req = Request::get(&self.cfg.socket, STATUS).ok();
+        }
+        let step = Step::LeftNoState {
+            prefs,
+            req,
+            heard: seen,
+            until,
+        };
+        (step, Some(Ok(false)))
+    }
+
+    /// Brings tailscale's settings in step with the configuration (see `plan::plan`).
+    fn converge(
+        &mut self,
+        state: BackendState,
+        prefs: &Prefs,
+        init: &mut Init,
+    ) -> Result<Step, Failure> {
+        let flow = Flow {
+            starting: state == BackendState::Starting,
+            renamed: false,
+        };
+        let current = Current {
+            backend_state: state.name().to_string(),
+            auth_url: String::new(),
+            hostname: prefs.hostname.clone(),
+            corp_dns: prefs.corp_dns,
+            no_stateful_filtering: prefs.no_stateful_filtering,
+            advertise_tags: prefs.advertise_tags.clone(),
+            advertise_routes: prefs.advertise_routes.clone(),
+            control_url: prefs.control_url.clone(),
+            run_ssh: prefs.run_ssh,
+        };
+        let hostname = self.p.desired.hostname.clone();
+        match plan::plan(&current, &self.p.desired) {
+            Plan::Nothing => {
+                info!("tailscale is up as {hostname} ({state}); nothing to change");
+                Ok(self.after_converge(flow))
+            }
+            Plan::Keep { reason, set } if set.is_empty() => {
+                warn!("{reason}");
+                Ok(self.after_converge(flow))
+            }
+            Plan::Keep { reason, set } => {
+                warn!("{reason}");
+                self.run_set(set, init, flow)
+            }
+            Plan::Set(args) => self.run_set(args, init, flow),
+            Plan::Up { args, needs_key } => {
+                let with_key = needs_key && self.holds_secret();
+                if needs_key && !with_key {
+                    warn!(
+                        "tailscale is not logged in and no auth key was given \
+                         (TS_AUTHKEY, tailscale.auth_key_file, /run/secrets/ts_authkey): \
+                         starting an interactive login; open the URL below to log in"
+                    );
+                }
+                info!("tailscale up as {hostname}");
+                let mut full = vec!["up".to_string()];
+                full.extend(args);
+                let key = self.p.key.as_ref().map(|k| ("auth-key", k.key.clone()));
+                let others = self.p.secrets.iter().map(|s| (s.flag, s.value.clone()));
+                let secrets: Vec<(&str, String)> = match with_key {
+                    true => key.into_iter().chain(others).collect(),
+                    false => Vec::new(),
+                };
+                let limit = self.cfg.up_timeout + Duration::from_secs(10);
+                self.run_cli(init, &full, secrets, limit, flow)
+            }
+            Plan::NeedsApproval => Err(Failure::Bringup(
+                "this machine is waiting for approval: an admin of the tailnet must approve \
+                 it (Machines page of the admin console)"
+                    .to_string(),
+            )),
+            Plan::Unexpected(state) => Err(Failure::Bringup(format!(
+                "tailscaled is in state {state}, which tsinit cannot act on"
+            ))),
+        }
+    }
+
+    /// `tailscale set` with `args`.
+    fn run_set(&mut self, args: Vec<String>, init: &mut Init, flow: Flow) -> Result<Step, Failure> {
+        let flow = Flow {
+            renamed: args.iter().any(|a| a.starts_with("--hostname=")),
+            ..flow
+        };
+        info!("tailscale set {}", args.join(" "));
+        let mut full = vec!["set".to_string()];
+        full.extend(args);
+        self.run_cli(init, &full, Vec::new(), Duration::from_secs(30), flow)
+    }
+
+    fn run_cli(
+        &mut self,
+        init: &mut Init,
+        args: &[String],
+        secrets: Vec<(&str, String)>,
+        limit: Duration,
+        flow: Flow,
+    ) -> Result<Step, Failure> {
+        let up = args.first().is_some_and(|a| a == "up");
+        let secrets: Vec<(&str, &str)> = secrets.iter().map(|(f, v)| (*f, v.as_str())).collect();
+        let run = cli::start(
+            init,
+            &self.p.tailscale,
+            &self.cfg.socket,
+            args,
+            &secrets,
+            limit,
+        )
+        .map_err(Failure::Bringup)?;
+        Ok(Step::Cli { run, up, flow })
+    }
+
+    /// Fails with `prefix` and `cli`'s words, once tailscaled's health is read.
+    fn explain(&self, prefix: String, cli: String) -> Result<Step, Failure> {
+        match Request::get(&self.cfg.socket, STATUS) {
+            Ok(req) => Ok(Step::Explain { prefix, cli, req }),
+            Err(_) => {
+                let sep = if cli.is_empty() { "" } else { ": " };
+                Err(Failure::Bringup(format!("{prefix}{sep}{cli}")))
+            }
+        }
+    }
+
+    fn status_request(&self) -> Result<Request, Failure> {
+        Request::get(&self.cfg.socket, STATUS)
+            .map_err(|e| Failure::Bringup(format!("cannot read tailscale's status: {e}")))
+    }
+
+    /// Settings are in step: a resumed login waits for Running (leaving Starting always
+    /// comes with a State event).
+    fn after_converge(&mut self, flow: Flow) -> Step {
+        if flow.starting {
+            return Step::Running {
+                until: Instant::now() + self.cfg.up_timeout,
+                flow,
+            };
+        }
+        self.after_running(flow)
+    }
+
+    /// Running: after a rename, served web names wait for control's new DNS name.
+    fn after_running(&mut self, flow: Flow) -> Step {
+        if flow.renamed && self.p.serve.configured() {
+            return Step::Renamed {
+                until: Instant::now() + RENAME_WAIT,
+                label: identity::dns_label(&self.p.desired.hostname),
+            };
+        }
+        self.settle()
+    }
+
+    /// The node is up; the bus's first notification (and so the hosts block) is awaited.
+    fn settle(&mut self) -> Step {
+        if self.retrying && self.phase == Phase::Steady {
+            info!("tailscale is back");
+            self.failures = 0;
+            self.retrying = false;
+        }
+        Step::Settle {
+            until: Instant::now() + SETTLE_WAIT,
+        }
+    }
+
+    /// Serve, then SSH.
+    fn finish(&mut self) -> Result<Step, Failure> {
+        match Job::start(&self.p.serve, &self.cfg.socket) {
+            Ok(Some(job)) => Ok(Step::Serve(Box::new(job))),
+            Ok(None) => self.ssh(None),
+            Err(JobError::Hung(m)) => Err(Failure::Hung(m)),
+            Err(JobError::Failed(m)) => self.ssh(Some(m)),
+        }
+    }
+
+    /// With ssh = true: asks whether control enabled Tailscale SSH for this node (the
+    /// prefs say RunSSH, but tailscaled serves no SSH without the capability). A serve
+    /// problem (`served`) is reported after SSH's.
+    fn ssh(&mut self, served: Option<String>) -> Result<Step, Failure> {
+        self.served = served;
+        if !self.p.desired.ssh {
+            return self.done();
+        }
+        let status = self.status_request()?;
+        let prefs = Request::get(&self.cfg.socket, PREFS)
+            .map_err(|e| Failure::Finish(format!("cannot read tailscale's prefs: {e}")))?;
+        Ok(Step::Ssh {
+            status,
+            prefs,
+            got: Box::default(),
+        })
+    }
+
+    fn ssh_answers(
+        &mut self,
+        mut status: Request,
+        mut prefs: Request,
+        mut got: Box<(Option<Status>, Option<Prefs>)>,
+    ) -> (Step, Option<Result<bool, Failure>>) {
+        let finish = |why: String| (Step::Idle, Some(Err(Failure::Finish(why))));
+        if got.0.is_none() {
+            match status.poll() {
+                Answer::Pending => {}
+                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&status)))),
+                Answer::Failed(e) => return finish(format!("cannot read tailscale's status: {e}")),
+                Answer::Ok(resp) => match localapi::decode(&resp, STATUS) {
+                    Ok(s) => got.0 = Some(s),
+                    Err(e) => return finish(format!("cannot read tailscale's status: {e}")),
+                },
+            }
+        }
+        if got.1.is_none() {
+            match prefs.poll() {
+                Answer::Pending => {}
+                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&prefs)))),
+                Answer::Failed(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
+                Answer::Ok(resp) => match localapi::decode(&resp, PREFS) {
+                    Ok(p) => got.1 = Some(p),
+                    Err(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
+                },
+            }
+        }
+        let (Some(s), Some(p)) = (&got.0, &got.1) else {
+            return (Step::Ssh { status, prefs, got }, Some(Ok(false)));
+        };
+        let has_cap = s
+            .self_
+            .as_ref()
+            .is_some_and(|me| me.cap_map.contains_key(SSH_CAPABILITY));
+        if !p.run_ssh {
+            return finish(
+                "ssh = true, but Tailscale SSH is off in tailscaled's prefs (see the warnings \
+                 above)"
+                    .to_string(),
+            );
+        }
+        if !has_cap {
+            return finish(
+                "ssh = true, but this tailnet has not enabled Tailscale SSH for this node \
+                 (control sent no ssh capability): add an \"ssh\" rule for it to the tailnet \
+                 policy, or set ssh = false"
+                    .to_string(),
+            );
+        }
+        info!("Tailscale SSH is on: peers reach port 22 as the tailnet's ssh rules allow");
+        match self.done() {
+            Ok(step) => (step, None),
+            Err(f) => (Step::Idle, Some(Err(f))),
+        }
+    }
+
+    /// The end of a bring-up: a serve problem held back is reported now.
+    fn done(&mut self) -> Result<Step, Failure> {
+        match self.served.take() {
+            Some(why) => Err(Failure::Finish(why)),
+            None => Ok(Step::Idle),
+        }
+    }
+
+    /// Fails at once when tailscaled could not read its state (a file truncated by a
+    /// crash, say): it then runs on an empty in-memory store, never logs in, and waiting
+    /// would only end in a timeout. The damaged file is left as it is.
+    fn check_state_store(&self, status: &Status) -> Result<(), Failure> {
+        let Some(problem) = status
+            .health
+            .iter()
+            .find(|h| h.contains("State store failed to initialize"))
+        else {
+            return Ok(());
+        };
+        let why = problem
+            .split_once("Error: ")
+            .map_or(problem.as_str(), |(_, e)| e);
+        let state = self.cfg.state_dir.join("tailscaled.state");
+        Err(Failure::Bringup(format!(
+            "tailscaled cannot read its state: {why}\nfix: if {} is damaged, move it aside \
+             (keep it: it holds the node's keys) and start again; the node then logs in as a \
+             new machine (with an auth key)\ntailscaled's last lines:\n{}",
+            state.display(),
+            self.last_lines()
+        )))
+    }
+
+    fn last_lines(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.last_lines())
+            .unwrap_or_default()
+    }
+}
+
+/// What a bring-up carries from its decision to its end.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flow {
+    /// A resumed login: Running is still to come.
+    starting: bool,
+    /// `tailscale set --hostname` ran: control renames the node.
+    renamed: bool,
+}

@@ -1,0 +1,662 @@
+//! The managed block of /etc/hosts: which names go in it (validated: they come from other
+//! machines), where it sits in the file (always at the end, everything else untouched),
+//! and how it is written without ever corrupting the rest of the file.
+//!
+//! The block is the bytes from the newline just before its BEGIN line to the end of its
+//! END line; tsinit writes that leading newline itself, so removing the block gives back
+//! exactly the file as it was.
+
+pub mod file;
+pub mod sync;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+pub use file::{HostsFile, Split, Written, apply, split};
+
+use crate::localapi::{PeerStatus, Status};
+
+/// Start of the BEGIN marker line (the rest of the line says how many names and when).
+pub const BEGIN: &str = "# BEGIN tsinit managed block";
+/// The END marker line.
+pub const END: &str = "# END tsinit managed block";
+
+/// What goes into the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub ipv6: bool,
+    pub short_names: bool,
+    pub online_only: bool,
+}
+
+/// One line of the block.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub fqdn: String,
+    pub ip: IpAddr,
+    pub short: Option<String>,
+}
+
+/// `name` (a DNS name, trailing dot allowed) lower-cased, if it is a valid DNS name:
+/// labels of [a-z0-9-], not starting or ending with '-', 1-63 characters each, at most
+/// 253 in all. Anything else (spaces, '#', newlines, control or non-ASCII characters,
+/// too long) is refused.
+pub fn dns_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let ok_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (!name.is_empty() && name.len() <= 253 && name.split('.').all(ok_label)).then_some(name)
+}
+
+/// Whether `ip` is a Tailscale address: 100.64.0.0/10 or fd7a:115c:a1e0::/48.
+pub fn tailscale_ip(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            o[0] == 100 && (o[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            s[0] == 0xfd7a && s[1] == 0x115c && s[2] == 0xa1e0
+        }
+    }
+}
+
+/// The entries for `status`: self and every peer, one per valid Tailscale address, in
+/// a fixed order. Empty unless the node is logged in with its netmap, i.e. Starting
+/// (connecting) or Running: a stopped or logged-out node's names are not served. Invalid
+/// names and addresses are dropped with a debug line.
+pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
+    if !matches!(status.backend_state.as_str(), "Running" | "Starting") {
+        return Vec::new();
+    }
+    let nodes = status
+        .self_
+        .iter()
+        .map(|s| (s, true))
+        .chain(status.peer.values().map(|p| (p, false)));
+    let mut out: Vec<Entry> = Vec::new();
+    for (node, is_self) in nodes {
+        if !is_self && opts.online_only && !node.online {
+            continue;
+        }
+        let Some(fqdn) = valid_name(node) else {
+            continue;
+        };
+        for ip in &node.tailscale_ips {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                log::debug!("hosts: dropping {fqdn}: {ip:?} is not an IP address");
+                continue;
+            };
+            if !tailscale_ip(&ip) {
+                log::debug!("hosts: dropping {fqdn}: {ip} is outside the Tailscale ranges");
+                continue;
+            }
+            if ip.is_ipv6() && !opts.ipv6 {
+                continue;
+            }
+            out.push(Entry {
+                fqdn: fqdn.clone(),
+                ip,
+                short: None,
+            });
+        }
+    }
+    if opts.short_names {
+        add_short_names(&mut out, own_suffix(status).as_deref());
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The MagicDNS suffix of the node's own tailnet ("tail1234.ts.net"): from
+/// `CurrentTailnet`, else the status's `MagicDNSSuffix`, else the node's DNS name without
+/// its first label. None while none of these is known.
+pub fn own_suffix(status: &Status) -> Option<String> {
+    let reported = [
+        status
+            .current_tailnet
+            .as_ref()
+            .map(|t| t.magic_dns_suffix.as_str()),
+        Some(status.magic_dns_suffix.as_str()),
+    ];
+    reported
+        .into_iter()
+        .flatten()
+        .find_map(dns_name)
+        .or_else(|| {
+            let me = dns_name(&status.self_.as_ref()?.dns_name)?;
+            me.split_once('.').map(|(_, rest)| rest.to_string())
+        })
+}
+
+/// The short name MagicDNS answers for `fqdn`: its first label, if the rest is the own
+/// tailnet's `suffix`. Nodes shared in from other tailnets have none.
+fn short_name<'a>(fqdn: &'a str, suffix: Option<&str>) -> Option<&'a str> {
+    let label = fqdn.strip_suffix(suffix?)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
+}
+
+/// Gives each entry of the own tailnet its short name, unless two machines share it (then
+/// it is left out rather than guessed).
+fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
+    let mut owners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for e in entries.iter() {
+        if let Some(short) = short_name(&e.fqdn, suffix) {
+            owners.entry(short).or_default().insert(&e.fqdn);
+        }
+    }
+    let unique: BTreeSet<String> = owners
+        .into_iter()
+        .filter(|(_, o)| o.len() == 1)
+        .map(|(s, _)| s.to_string())
+        .collect();
+    for e in entries.iter_mut() {
+        e.short = short_name(&e.fqdn, suffix)
+            .filter(|s| unique.contains(*s))
+            .map(str::to_string);
+    }
+}
+
+fn valid_name(node: &PeerStatus) -> Option<String> {
+    let name = dns_name(&node.dns_name);
+    if name.is_none() {
+        log::debug!(
+            "hosts: dropping a node whose name {:?} is not a valid DNS name",
+            node.dns_name
+        );
+    }
+    name
+}
+
+/// The block's text for `entries`, with its leading newline (see the module comment).
+pub fn render(entries: &[Entry], written: SystemTime) -> String {
+    let names: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.fqdn.as_str()).collect();
+    let mut out = format!(
+        "\n{BEGIN} ({} names, written {}); edits here are lost\n",
+        names.len(),
+        utc(written)
+    );
+    for e in entries {
+        out.push_str(&format!("{} {}", e.ip, e.fqdn));
+        if let Some(s) = &e.short {
+            out.push(' ');
+            out.push_str(s);
+        }
+        out.push('\n');
+    }
+    out.push_str(END);
+    out.push('\n');
+    out
+}
+
+/// Names the block never carries, whatever the tailnet says: they name this machine
+/// (RFC 6761 reserves "localhost" and everything under it; the rest are the usual
+/// loopback, multicast and BSD names of hosts files).
+const RESERVED: &[&str] = &[
+    "localhost",
+    "localhost.localdomain",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-mcastprefix",
+    "ip6-allnodes",
+    "ip6-allrouters",
+    "ip6-allhosts",
+    "broadcasthost",
+];
+
+/// `name` as hosts-file lookups compare it: ASCII lower-case, without a trailing dot.
+fn fold(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// Whether `name` is reserved (see [`RESERVED`]) or under "localhost.".
+pub fn reserved(name: &str) -> bool {
+    let name = fold(name);
+    RESERVED.contains(&name.as_str()) || name.ends_with(".localhost")
+}
+
+/// The names (folded) the lines of `outside` map: each line is `address name [alias...]`,
+/// and '#' starts a comment anywhere.
+pub fn mapped_names(outside: &[u8]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in outside.split(|&b| b == b'\n') {
+        let line = line.split(|&b| b == b'#').next().unwrap_or_default();
+        let fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        for name in fields.skip(1) {
+            names.insert(fold(&String::from_utf8_lossy(name)));
+        }
+    }
+    names
+}
+
+/// Why a name is left out of the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    /// One of the names of this machine (see [`reserved`]).
+    Reserved,
+    /// A line outside the block maps it already: the block would shadow or contradict it.
+    Mapped,
+}
+
+impl Skip {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Skip::Reserved => "a reserved name",
+            Skip::Mapped => "already mapped in the hosts file outside the block",
+        }
+    }
+}
+
+/// A name left out of the block, with the address it would have named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub ip: String,
+    pub why: Skip,
+}
+
+/// `block` (from [`render`]) without the names it must not carry: reserved names and
+/// names the lines `outside` it map. A line whose full name goes is dropped whole; a
+/// short name that goes leaves its line with the full name. The BEGIN line's count
+/// follows; a block that loses nothing is returned as it is.
+pub fn without_shadowing(block: &str, outside: &[u8]) -> (String, Vec<Skipped>) {
+    let mapped = mapped_names(outside);
+    let skip = |name: &str| {
+        if reserved(name) {
+            Some(Skip::Reserved)
+        } else {
+            mapped.contains(&fold(name)).then_some(Skip::Mapped)
+        }
+    };
+    let mut skipped = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    let mut names = BTreeSet::new();
+    for line in block.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\n', '\r']);
+        let mut fields = text.split_ascii_whitespace();
+        let (false, Some(ip), Some(fqdn)) = (text.starts_with('#'), fields.next(), fields.next())
+        else {
+            lines.push(line.to_string()); // markers, padding
+            continue;
+        };
+        let mut left_out = |name: &str, why| {
+            skipped.push(Skipped {
+                name: name.to_string(),
+                ip: ip.to_string(),
+                why,
+            })
+        };
+        if let Some(why) = skip(fqdn) {
+            left_out(fqdn, why);
+            continue;
+        }
+        let mut kept = format!("{ip} {fqdn}");
+        for alias in fields {
+            match skip(alias) {
+                Some(why) => left_out(alias, why),
+                None => {
+                    kept.push(' ');
+                    kept.push_str(alias);
+                }
+            }
+        }
+        kept.push('\n');
+        names.insert(fqdn.to_string());
+        lines.push(kept);
+    }
+    if skipped.is_empty() {
+        return (block.to_string(), skipped);
+    }
+    for line in &mut lines {
+        if line.starts_with(BEGIN) {
+            *line = recount(line, names.len());
+        }
+    }
+    (lines.concat(), skipped)
+}
+
+/// A BEGIN line from [`render`] saying `names` names (any other line as it is).
+fn recount(begin: &str, names: usize) -> String {
+    let head = format!("{BEGIN} (");
+    match begin
+        .strip_prefix(&head)
+        .and_then(|rest| rest.split_once(" names, "))
+    {
+        Some((n, rest)) if n.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{head}{names} names, {rest}")
+        }
+        _ => begin.to_string(),
+    }
+}
+
+/// What the block in a hosts file says, for `tsinit status`.
+pub fn describe(content: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(content);
+    let line = text.lines().rev().find(|l| l.starts_with(BEGIN))?;
+    let info = line.strip_prefix(BEGIN)?.trim();
+    let info = info.split(';').next().unwrap_or_default();
+    Some(
+        info.trim_start_matches('(')
+            .trim_end_matches(')')
+            .to_string(),
+    )
+}
+
+/// `t` as "YYYY-MM-DDTHH:MM:SSZ".
+pub fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    pub(crate) const BLOCK: &str = "\n# BEGIN tsinit managed block (1 names, written x); edits here are lost\n\
+                         100.64.0.1 me.tail.example me\n# END tsinit managed block\n";
+
+    const OPTS: Options = Options {
+        ipv6: true,
+        short_names: true,
+        online_only: false,
+    };
+
+    fn status(json: &str) -> Status {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const RUNNING: &str = r#"{
+        "BackendState": "Running",
+        "Self": {"DNSName": "me.tail.example.", "TailscaleIPs": ["100.64.0.1", "fd7a:115c:a1e0::1"], "Online": true},
+        "Peer": {
+            "nodekey:1": {"DNSName": "web.tail.example.", "TailscaleIPs": ["100.64.0.2"], "Online": true},
+            "nodekey:2": {"DNSName": "db.tail.example.", "TailscaleIPs": ["100.64.0.3"], "Online": false},
+            "nodekey:3": {"DNSName": "web.other.example.", "TailscaleIPs": ["100.64.0.4"], "Online": true}
+        }
+    }"#;
+
+    #[test]
+    fn renders_self_and_peers_in_a_fixed_order() {
+        let e = entries(&status(RUNNING), OPTS);
+        let block = render(
+            &e,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 365),
+        );
+        assert_eq!(
+            block,
+            "\n# BEGIN tsinit managed block (4 names, written 1971-01-01T00:00:00Z); edits here are lost\n\
+             100.64.0.3 db.tail.example db\n\
+             100.64.0.1 me.tail.example me\n\
+             fd7a:115c:a1e0::1 me.tail.example me\n\
+             100.64.0.4 web.other.example\n\
+             100.64.0.2 web.tail.example web\n\
+             # END tsinit managed block\n"
+        );
+    }
+
+    #[test]
+    fn options_filter() {
+        let opts = Options {
+            ipv6: false,
+            short_names: false,
+            online_only: true,
+        };
+        let names: Vec<String> = entries(&status(RUNNING), opts)
+            .iter()
+            .map(|e| format!("{} {}", e.ip, e.fqdn))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "100.64.0.1 me.tail.example",
+                "100.64.0.4 web.other.example",
+                "100.64.0.2 web.tail.example"
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_unless_logged_in() {
+        for state in ["NeedsLogin", "Stopped", "NoState", "NeedsMachineAuth"] {
+            let json = RUNNING.replace("\"Running\"", &format!("\"{state}\""));
+            assert!(entries(&status(&json), OPTS).is_empty(), "{state}");
+        }
+        let starting = RUNNING.replace("\"Running\"", "\"Starting\"");
+        assert_eq!(
+            entries(&status(&starting), OPTS),
+            entries(&status(RUNNING), OPTS)
+        );
+        assert!(!entries(&status(RUNNING), OPTS).is_empty());
+    }
+
+    #[test]
+    fn hostile_names_and_addresses_never_reach_the_block() {
+        let hostile = [
+            "evil\n100.64.0.9 bank.example.",
+            "evil host.tail.example.",
+            "evil#x.tail.example.",
+            "ev\u{7}il.tail.example.",
+            "évil.tail.example.",
+            "-evil.tail.example.",
+            "evil_.tail.example.",
+            &format!("{}.tail.example.", "a".repeat(64)),
+            &format!("{}.example.", "abcdefghi.".repeat(30)),
+            "",
+            ".",
+            "evil..tail.example.",
+        ];
+        let mut peers = String::new();
+        for (i, name) in hostile.iter().enumerate() {
+            peers.push_str(&format!(
+                "\"nodekey:h{i}\": {{\"DNSName\": {}, \"TailscaleIPs\": [\"100.64.1.{i}\"]}},",
+                serde_json::to_string(name).unwrap()
+            ));
+        }
+        peers.push_str(
+            "\"nodekey:ip1\": {\"DNSName\": \"badip.tail.example.\", \"TailscaleIPs\": \
+             [\"10.0.0.1\", \"100.128.0.1\", \"fd00::1\", \"100.64.0.1\\n1.2.3.4 x\", \"nonsense\"]},\
+             \"nodekey:ok\": {\"DNSName\": \"OK.Tail.Example.\", \"TailscaleIPs\": [\"100.127.255.254\"]}",
+        );
+        let json = format!(
+            "{{\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"tail.example\", \"Peer\": {{{peers}}}}}"
+        );
+        let block = render(&entries(&status(&json), OPTS), SystemTime::UNIX_EPOCH);
+        let body: Vec<&str> = block
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert_eq!(body, ["100.127.255.254 ok.tail.example ok"]);
+    }
+
+    #[test]
+    fn short_names_only_for_the_own_tailnet() {
+        let shorts = |json: &str| -> Vec<String> {
+            entries(&status(json), OPTS)
+                .iter()
+                .map(|e| format!("{} {}", e.fqdn, e.short.as_deref().unwrap_or("-")))
+                .collect()
+        };
+        // No suffix reported: the node's own name gives it.
+        assert_eq!(
+            shorts(RUNNING),
+            [
+                "db.tail.example db",
+                "me.tail.example me",
+                "me.tail.example me",
+                "web.other.example -",
+                "web.tail.example web"
+            ]
+        );
+        // CurrentTailnet wins over MagicDNSSuffix, which wins over Self's name.
+        let shared = RUNNING.replace(
+            "\"BackendState\": \"Running\",",
+            "\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"tail.example\", \
+             \"CurrentTailnet\": {\"MagicDNSSuffix\": \"Other.Example.\"},",
+        );
+        assert_eq!(
+            shorts(&shared),
+            [
+                "db.tail.example -",
+                "me.tail.example -",
+                "me.tail.example -",
+                "web.other.example web",
+                "web.tail.example -"
+            ]
+        );
+        let suffix_only = RUNNING.replace(
+            "\"BackendState\": \"Running\",",
+            "\"BackendState\": \"Running\", \"MagicDNSSuffix\": \"other.example\",",
+        );
+        assert_eq!(shorts(&suffix_only), shorts(&shared));
+        // No suffix known at all: no short names.
+        let nothing = RUNNING.replace("\"DNSName\": \"me.tail.example.\"", "\"DNSName\": \"\"");
+        assert!(
+            shorts(&nothing).iter().all(|l| l.ends_with(" -")),
+            "{nothing}"
+        );
+        // A deeper name is not a short name's owner (MagicDNS answers one label).
+        assert_eq!(short_name("a.b.tail.example", Some("tail.example")), None);
+        assert_eq!(
+            short_name("ab.tail.example", Some("tail.example")),
+            Some("ab")
+        );
+        assert_eq!(short_name("xtail.example", Some("tail.example")), None);
+    }
+
+    pub(crate) fn names_of(block: &str) -> Vec<&str> {
+        block
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn never_shadows_reserved_names_or_names_the_file_maps() {
+        let block = "\n# BEGIN tsinit managed block (5 names, written x); edits here are lost\n\
+                     100.64.0.5 localhost.tail.example localhost\n\
+                     100.64.0.6 abc123def.tail.example abc123def\n\
+                     100.64.0.7 mapped.tail.example mapped\n\
+                     fd7a:115c:a1e0::7 mapped.tail.example mapped\n\
+                     100.64.0.8 foo.localhost\n\
+                     100.64.0.9 ip6-allnodes.tail.example ip6-allnodes\n\
+                     # END tsinit managed block\n";
+        let outside = b"127.0.0.1 localhost # loopback\n\
+                        # 10.0.0.1 commented-out.tail.example commented\n\
+                        172.17.0.2\tABC123DEF.\n\
+                        10.0.0.3 other Mapped.Tail.Example\n";
+        let (kept, skipped) = without_shadowing(block, outside);
+        assert_eq!(
+            names_of(&kept),
+            [
+                "100.64.0.5 localhost.tail.example",
+                "100.64.0.6 abc123def.tail.example",
+                "100.64.0.9 ip6-allnodes.tail.example",
+            ]
+        );
+        assert!(kept.contains("(3 names, written x)"), "{kept}");
+        let why: Vec<(String, Skip)> = skipped.into_iter().map(|s| (s.name, s.why)).collect();
+        assert_eq!(
+            why,
+            [
+                ("localhost".to_string(), Skip::Reserved),
+                ("abc123def".to_string(), Skip::Mapped),
+                ("mapped.tail.example".to_string(), Skip::Mapped),
+                ("mapped.tail.example".to_string(), Skip::Mapped),
+                ("foo.localhost".to_string(), Skip::Reserved),
+                ("ip6-allnodes".to_string(), Skip::Reserved),
+            ]
+        );
+        // Nothing to leave out: the block as it was.
+        assert_eq!(
+            without_shadowing(BLOCK, b"10.0.0.1 web\n"),
+            (BLOCK.to_string(), vec![])
+        );
+        for name in [
+            "LOCALHOST.",
+            "a.b.localhost",
+            "broadcasthost",
+            "ip6-loopback",
+        ] {
+            assert!(reserved(name), "{name}");
+        }
+        for name in ["localhostx", "localhost.tail.example", "mylocalhost"] {
+            assert!(!reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn dns_names() {
+        assert_eq!(
+            dns_name("Web-1.Tail.Example."),
+            Some("web-1.tail.example".into())
+        );
+        assert_eq!(
+            dns_name(&format!("{}.x", "a".repeat(63))).map(|n| n.len()),
+            Some(65)
+        );
+        assert_eq!(dns_name("a b"), None);
+    }
+
+    #[test]
+    fn tailscale_ranges() {
+        for (ip, want) in [
+            ("100.64.0.0", true),
+            ("100.127.255.255", true),
+            ("100.63.255.255", false),
+            ("100.128.0.0", false),
+            ("fd7a:115c:a1e0::1", true),
+            ("fd7a:115c:a1e1::1", false),
+        ] {
+            assert_eq!(tailscale_ip(&ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn describes_the_block() {
+        let content = format!("127.0.0.1 localhost\n{BLOCK}");
+        assert_eq!(
+            describe(content.as_bytes()).as_deref(),
+            Some("1 names, written x")
+        );
+        assert_eq!(describe(b"127.0.0.1 localhost\n"), None);
+    }
+
+    #[test]
+    fn utc_dates() {
+        let at = |s: u64| utc(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_312_496), "2026-11-22T01:54:56Z");
+    }
+}

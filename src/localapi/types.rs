@@ -1,0 +1,288 @@
+//! The LocalAPI's answers as tsinit reads them: status, prefs, the backend state, and the
+//! IPN bus notifications (only the fields tsinit uses; the rest is skipped unread).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// Deserializes null as the type's default (serde's `default` only covers missing fields).
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// GET /localapi/v0/status (the fields tsinit uses).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Status {
+    pub backend_state: String,
+    pub version: String,
+    #[serde(rename = "AuthURL")]
+    pub auth_url: String,
+    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
+    pub tailscale_ips: Vec<String>,
+    #[serde(rename = "Self")]
+    pub self_: Option<PeerStatus>,
+    #[serde(deserialize_with = "null_default")]
+    pub health: Vec<String>,
+    #[serde(rename = "MagicDNSSuffix")]
+    pub magic_dns_suffix: String,
+    pub current_tailnet: Option<Tailnet>,
+    #[serde(deserialize_with = "null_default")]
+    pub peer: BTreeMap<String, PeerStatus>,
+    #[serde(rename = "TUN")]
+    pub tun: bool,
+    /// DNS names control can get TLS certificates for (empty: HTTPS is off).
+    #[serde(deserialize_with = "null_default")]
+    pub cert_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PeerStatus {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub host_name: String,
+    #[serde(rename = "DNSName")]
+    pub dns_name: String,
+    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
+    pub tailscale_ips: Vec<String>,
+    pub online: bool,
+    #[serde(rename = "OS")]
+    pub os: String,
+    #[serde(deserialize_with = "null_default")]
+    pub tags: Vec<String>,
+    /// The node's capabilities (keys only).
+    #[serde(deserialize_with = "null_default")]
+    pub cap_map: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Tailnet {
+    pub name: String,
+    #[serde(rename = "MagicDNSSuffix")]
+    pub magic_dns_suffix: String,
+    #[serde(rename = "MagicDNSEnabled")]
+    pub magic_dns_enabled: bool,
+}
+
+/// GET /localapi/v0/prefs (the fields tsinit uses).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Prefs {
+    #[serde(rename = "ControlURL")]
+    pub control_url: String,
+    pub route_all: bool,
+    pub want_running: bool,
+    pub logged_out: bool,
+    pub hostname: String,
+    #[serde(rename = "CorpDNS")]
+    pub corp_dns: bool,
+    #[serde(rename = "RunSSH")]
+    pub run_ssh: bool,
+    pub shields_up: bool,
+    #[serde(deserialize_with = "null_default")]
+    pub advertise_tags: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub advertise_routes: Vec<String>,
+    pub no_stateful_filtering: bool,
+    #[serde(rename = "NoSNAT")]
+    pub no_snat: bool,
+    /// The persisted login (keys redacted); null when the node never logged in.
+    pub config: Option<serde_json::Value>,
+}
+
+impl Prefs {
+    /// Whether these prefs hold a login that tailscaled will resume: not logged out,
+    /// meant to run, and a persisted node. (A restarted tailscaled has loaded them while
+    /// its state still reads NoState.)
+    pub fn saved_login(&self) -> bool {
+        let node = self
+            .config
+            .as_ref()
+            .and_then(|c| c.get("NodeID"))
+            .and_then(|n| n.as_str());
+        !self.logged_out && self.want_running && node.is_some_and(|n| !n.is_empty())
+    }
+}
+
+/// tailscaled's backend state (ipn.State), as its number on the IPN bus and its name in
+/// the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendState {
+    NoState,
+    InUseOtherUser,
+    NeedsLogin,
+    NeedsMachineAuth,
+    Stopped,
+    Starting,
+    Running,
+}
+
+impl BackendState {
+    const ALL: [BackendState; 7] = [
+        BackendState::NoState,
+        BackendState::InUseOtherUser,
+        BackendState::NeedsLogin,
+        BackendState::NeedsMachineAuth,
+        BackendState::Stopped,
+        BackendState::Starting,
+        BackendState::Running,
+    ];
+
+    /// The state with this number on the IPN bus.
+    pub fn from_number(n: u64) -> Option<BackendState> {
+        BackendState::ALL.get(usize::try_from(n).ok()?).copied()
+    }
+
+    /// The state with this name in the status (`BackendState`).
+    pub fn from_name(name: &str) -> Option<BackendState> {
+        BackendState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendState::NoState => "NoState",
+            BackendState::InUseOtherUser => "InUseOtherUser",
+            BackendState::NeedsLogin => "NeedsLogin",
+            BackendState::NeedsMachineAuth => "NeedsMachineAuth",
+            BackendState::Stopped => "Stopped",
+            BackendState::Starting => "Starting",
+            BackendState::Running => "Running",
+        }
+    }
+
+    /// Logged in with a netmap: the node's names are served.
+    pub fn logged_in(self) -> bool {
+        matches!(self, BackendState::Starting | BackendState::Running)
+    }
+}
+
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Status {
+    /// The backend state, if tailscaled named one tsinit knows.
+    pub fn state(&self) -> Option<BackendState> {
+        BackendState::from_name(&self.backend_state)
+    }
+}
+
+/// Which notifications the IPN bus sends (ipn.NotifyWatchOpt).
+pub mod notify {
+    /// The first notification carries the current state.
+    pub const INITIAL_STATE: u32 = 1 << 1;
+    /// The first notification carries the current prefs.
+    pub const INITIAL_PREFS: u32 = 1 << 2;
+    /// The first notification carries the current netmap.
+    pub const INITIAL_NETMAP: u32 = 1 << 3;
+}
+
+/// The node capability control grants where Tailscale SSH is enabled.
+pub const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
+
+/// One IPN bus notification (ipn.Notify), the fields tsinit uses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Notify {
+    /// The new or current state (its number).
+    pub state: Option<u64>,
+    pub prefs: Option<Prefs>,
+    pub net_map: Option<NetMap>,
+}
+
+/// The netmap of a notification (netmap.NetworkMap), the fields tsinit uses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetMap {
+    pub self_node: Option<Node>,
+    #[serde(deserialize_with = "null_default")]
+    pub peers: Vec<Node>,
+    #[serde(rename = "DNS")]
+    pub dns: DnsConfig,
+}
+
+/// A node of the netmap (tailcfg.Node), the fields tsinit uses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Node {
+    #[serde(rename = "StableID")]
+    pub stable_id: String,
+    /// The DNS name, with its trailing dot.
+    pub name: String,
+    /// Prefixes, e.g. "100.64.0.1/32".
+    #[serde(deserialize_with = "null_default")]
+    pub addresses: Vec<String>,
+    pub online: Option<bool>,
+    /// The node's capabilities (keys only).
+    #[serde(deserialize_with = "null_default")]
+    pub cap_map: BTreeMap<String, Skipped>,
+}
+
+/// A JSON value skipped unread (only its presence counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skipped, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Skipped)
+    }
+}
+
+/// The netmap's DNS settings, the fields tsinit uses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DnsConfig {
+    #[serde(deserialize_with = "null_default")]
+    pub cert_domains: Vec<String>,
+}
+
+impl Node {
+    /// The node as the status lists it: its addresses without the prefix length.
+    fn as_peer_status(&self) -> PeerStatus {
+        PeerStatus {
+            id: self.stable_id.clone(),
+            dns_name: self.name.clone(),
+            tailscale_ips: self
+                .addresses
+                .iter()
+                .map(|a| a.split('/').next().unwrap_or_default().to_string())
+                .collect(),
+            online: self.online.unwrap_or(false),
+            cap_map: self
+                .cap_map
+                .keys()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect(),
+            ..PeerStatus::default()
+        }
+    }
+}
+
+impl NetMap {
+    /// What the status would say in `state` with this netmap: this node, its peers, the
+    /// certificate domains (the rest is left empty).
+    pub fn to_status(&self, state: BackendState) -> Status {
+        let me = self.self_node.as_ref().map(Node::as_peer_status);
+        Status {
+            backend_state: state.name().to_string(),
+            tailscale_ips: me
+                .as_ref()
+                .map(|m| m.tailscale_ips.clone())
+                .unwrap_or_default(),
+            self_: me.map(|m| PeerStatus { online: true, ..m }),
+            peer: self
+                .peers
+                .iter()
+                .map(|p| (p.stable_id.clone(), p.as_peer_status()))
+                .collect(),
+            cert_domains: self.dns.cert_domains.clone(),
+            ..Status::default()
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! tailscaled as a supervised service of the init. The main thread owns all of it: the
+//! daemon (started, restarted with backoff, stopped last), the bring-up in flight (see
+//! `bringup`), what the IPN bus last said (the one `bus` follower thread hands it over),
+//! the hosts block and the serve config. Nothing here blocks the main thread once the
+//! workload runs: LocalAPI requests are polled, CLI calls are reaped like any child.
+
+pub mod bus;
+pub mod cli;
+pub mod daemon;
+pub mod prepare;
+pub mod ready;
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+
+pub use prepare::{Prepared, prepare, run_preflight, system_hostname};
+
+use crate::bringup::{Failure, Step};
+use crate::config::{self, Config};
+use crate::duration;
+use crate::error::Error;
+use crate::hosts::sync::HostsSync;
+use crate::init::{Init, Service, describe};
+use crate::localapi::{BackendState, NetMap, Prefs};
+use bus::{Bus, BusEvent};
+use daemon::Daemon;
+
+/// The longest wait between two restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where tsinit is in its life: before the workload (failures end tsinit, unless
+/// on_failure says otherwise), while it runs (failures are retried), shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Boot,
+    Steady,
+    Stopping,
+}
+
+/// What the IPN bus last said.
+#[derive(Debug, Default)]
+pub struct View {
+    pub state: Option<BackendState>,
+    pub prefs: Option<Prefs>,
+    pub netmap: Option<NetMap>,
+    /// Notifications received from this tailscaled's bus.
+    pub heard: u64,
+}
+
+impl View {
+    /// This node's DNS name in the netmap ("" if none yet).
+    pub fn dns_name(&self) -> &str {
+        self.netmap
+            .as_ref()
+            .and_then(|n| n.self_node.as_ref())
+            .map_or("", |n| n.name.as_str())
+    }
+}
+
+/// Why the bring-up did not finish.
+#[derive(Debug)]
+pub enum BringupError {
+    /// A stop signal arrived before the workload started.
+    Stop(std::ffi::c_int),
+    /// tailscaled or `tailscale up` failed; the message says why.
+    Failed(String),
+}
+
+/// tailscaled and everything tsinit needs to run it.
+pub struct Tailscaled {
+    pub(crate) p: Prepared,
+    pub(crate) cfg: config::Tailscale,
+    grace: Duration,
+    /// One inotify instance for tsinit's life: the socket's appearance, the serve file.
+    pub(crate) inotify: Inotify,
+    serve_watch: Option<WatchDescriptor>,
+    pub(crate) daemon: Option<Daemon>,
+    bus: Option<Bus>,
+    pub(crate) view: View,
+    pub(crate) step: Step,
+    pub(crate) phase: Phase,
+    retry_at: Option<Instant>,
+    pub(crate) failures: u32,
+    pub(crate) hosts: Option<HostsSync>,
+    /// The serve config is to be brought in step again (its file changed, or control
+    /// renamed the node).
+    serve_due: bool,
+    /// The bring-up under way follows a failure or a restart (not the first one).
+    pub(crate) retrying: bool,
+    /// A serve problem of the bring-up under way, reported after SSH's.
+    pub(crate) served: Option<String>,
+}
+
+impl Tailscaled {
+    pub fn new(p: Prepared, config: &Config) -> Result<Tailscaled, Error> {
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
+                Error::Setup {
+                    what: "watch files (inotify)",
+                    source: e.into(),
+                }
+            })?;
+        Ok(Tailscaled {
+            p,
+            cfg: config.tailscale.clone(),
+            grace: config.grace_period,
+            inotify,
+            serve_watch: None,
+            daemon: None,
+            bus: None,
+            view: View::default(),
+            step: Step::Idle,
+            phase: Phase::Boot,
+            retry_at: None,
+            failures: 0,
+            hosts: config.hosts.enabled.then(|| HostsSync::new(&config.hosts)),
+            serve_due: false,
+            retrying: false,
+            served: None,
+        })
+    }
+
+    /// What the workload's environment gets: TS_SOCKET, the proxy variables in userspace
+    /// mode.
+    pub fn workload_env(&self) -> Vec<(String, Option<String>)> {
+        let mut env = vec![(
+            "TS_SOCKET".to_string(),
+            Some(self.cfg.socket.display().to_string()),
+        )];
+        if self.p.userspace {
+            let socks = format!("socks5h://{}", self.cfg.socks5_server);
+            env.push(("ALL_PROXY".to_string(), Some(socks.clone())));
+            env.push(("all_proxy".to_string(), Some(socks)));
+            if self.cfg.export_proxy_env {
+                let http = format!("http://{}", self.cfg.http_proxy);
+                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    env.push((var.to_string(), Some(http.clone())));
+                }
+            }
+        }
+        env
+    }
+
+    /// Whether the workload keeps CAP_NET_ADMIN/CAP_NET_RAW.
+    pub fn keep_caps(&self) -> bool {
+        self.cfg.keep_caps
+    }
+
+    /// Whether tsinit holds a secret for tailscale (an auth key, a client secret...).
+    pub fn holds_secret(&self) -> bool {
+        self.p.key.is_some() || !self.p.secrets.is_empty()
+    }
+
+    /// Starts tailscaled (if it is not running) and brings the node up, on this thread,
+    /// before the workload starts: returns once the node is as configured, or why not.
+    pub fn bring_up(&mut self, init: &mut Init) -> Result<(), BringupError> {
+        self.begin(init).map_err(BringupError::Failed)?;
+        loop {
+            if let Some(sig) = init.stop_requested() {
+                return Err(BringupError::Stop(sig));
+            }
+            if let Some(d) = &self.daemon
+                && let Some(exit) = init.take_exit(d.pid)
+            {
+                let lines = d.last_lines();
+                self.lost_daemon();
+                return Err(BringupError::Failed(format!(
+                    "tailscaled exited ({}) before it was ready; its last lines:\n{lines}",
+                    describe(exit)
+                )));
+            }
+            self.take_events();
+            match self.advance(init) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(failure)) => return Err(BringupError::Failed(self.failed(failure))),
+                None => {}
+            }
+            init.pump(self.deadline(), &self.fds());
+        }
+    }
+
+    /// After a failed bring-up with on_failure = "continue": keep trying in the
+    /// background.
+    pub fn retry_later(&mut self) {
+        self.schedule_retry();
+    }
+
+    /// Writes the hosts block from what the bus said, on this thread: the workload finds
+    /// the tailnet's names in place when it starts. (Unchanged blocks are not rewritten.)
+    pub fn sync_hosts(&mut self) {
+        if let Some(h) = &mut self.hosts
+            && self.view.heard > 0
+        {
+            h.write_from(&self.view);
+        }
+    }
+
+    /// The workload has started (or failed to): failures are retried from now on, and
+    /// the serve config file is watched.
+    pub fn on_workload_started(&mut self) {
+        self.phase = Phase::Steady;
+        if self.serve_watch.is_none()
+            && let Some(path) = &self.p.serve.file
+        {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            // Whole-file events only: an editor's close after writing, a rename into
+            // place (also Kubernetes' swap of a mounted ConfigMap's `..data`).
+            let flags = AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE;
+            match self.inotify.add_watch(dir, flags) {
+                Ok(wd) => self.serve_watch = Some(wd),
+                Err(e) => warn!(
+                    "cannot watch {} ({e}): changes to the serve config file apply at the \
+                     next start",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// Starts a bring-up: tailscaled first if it is not running.
+    pub(crate) fn begin(&mut self, init: &mut Init) -> Result<(), String> {
+        if self.daemon.is_none() {
+            let d = daemon::spawn(
+                init,
+                &self.p.tailscaled,
+                &self.cfg,
+                self.p.userspace,
+                &self.p.mode_note,
+            )?;
+            self.daemon = Some(d);
+        }
+        self.step = Step::Ready(Box::new(ready::Wait::new(
+            &self.inotify,
+            &self.cfg.socket,
+            self.cfg.boot_timeout,
+        )?));
+        Ok(())
+    }
+
+    /// Follows the bus of the tailscaled that just answered (once per lifetime).
+    pub(crate) fn follow_bus(&mut self) {
+        if self.bus.is_some() {
+            return;
+        }
+        match Bus::start(&self.cfg.socket) {
+            Ok(bus) => self.bus = Some(bus),
+            Err(e) => warn!("cannot follow tailscaled's IPN bus: {e}"),
+        }
+    }
+
+    /// Reads the files watched and the bus's events, and brings the hosts block in step
+    /// with the latest netmap (once, however many events came).
+    fn take_events(&mut self) {
+        let mut serve_file = false;
+        let name = self.p.serve.file.as_ref().and_then(|p| p.file_name());
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            serve_file |= events.iter().any(|e| {
+                Some(e.wd) == self.serve_watch
+                    && e.name
+                        .as_deref()
+                        .is_some_and(|n| Some(n) == name || n == "..data")
+            });
+        }
+        self.serve_due |= serve_file;
+        let Some(bus) = &mut self.bus else {
+            return;
+        };
+        let mut changed = false;
+        for event in bus.drain() {
+            match event {
+                BusEvent::Connected(_) => continue,
+                BusEvent::State(state) => {
+                    debug!("tailscaled state: {state}");
+                    self.view.state = Some(state);
+                }
+                BusEvent::Prefs(prefs) => self.view.prefs = Some(*prefs),
+                BusEvent::NetMap(netmap) => {
+                    let old = self.view.dns_name().to_string();
+                    self.view.netmap = Some(*netmap);
+                    let new = self.view.dns_name();
+                    if !old.is_empty() && !new.is_empty() && new != old {
+                        debug!("control renamed the node: {old} -> {new}");
+                        self.serve_due |= self.phase == Phase::Steady;
+                    }
+                }
+                BusEvent::Ended(why) => {
+                    debug!("IPN bus ended: {why}");
+                    self.bus = None;
+                    break;
+                }
+            }
+            self.view.heard += 1;
+            changed = true;
+        }
+        if changed && let Some(h) = &mut self.hosts {
+            h.write_from(&self.view);
+        }
+    }
+
+    /// What a failure means for tailscaled: a hung one is killed (and restarted once its
+    /// exit is seen, after the workload started). Returns the message.
+    fn failed(&mut self, failure: Failure) -> String {
+        self.step = Step::Idle;
+        match failure {
+            Failure::Hung(why) => {
+                if let Some(d) = &mut self.daemon
+                    && !d.killed
+                {
+                    warn!("tailscaled does not answer: killing it (SIGKILL)");
+                    crate::sys::kill(d.pid, libc::SIGKILL).ok();
+                    d.killed = true;
+                }
+                why
+            }
+            Failure::Bringup(why) | Failure::Finish(why) => why,
+        }
+    }
+
+    /// Forgets the daemon that exited and what depended on it.
+    fn lost_daemon(&mut self) {
+        self.daemon = None;
+        self.bus = None;
+        self.view = View::default();
+        self.abandon_step();
+    }
+
+    /// Ends what the bring-up had under way (a CLI call is killed; its exit is reaped).
+    fn abandon_step(&mut self) {
+        if let Step::Cli { run, .. } = &self.step {
+            crate::sys::kill(run.pid, libc::SIGKILL).ok();
+        }
+        self.step = Step::Idle;
+    }
+
+    fn schedule_retry(&mut self) {
+        if self.retry_at.is_some() || self.phase == Phase::Stopping {
+            return;
+        }
+        let backoff = Duration::from_secs(1 << self.failures.min(5)).min(MAX_BACKOFF);
+        self.failures += 1;
+        self.retry_at = Some(Instant::now() + backoff);
+        self.retrying = true;
+        warn!("retrying tailscale in {}", duration::format(backoff));
+    }
+
+    /// Starts serve again if it is due and nothing else is under way.
+    fn reapply_serve_if_due(&mut self) {
+        if !self.serve_due
+            || !matches!(self.step, Step::Idle)
+            || self.retry_at.is_some()
+            || self.daemon.as_ref().is_none_or(|d| d.killed)
+        {
+            return;
+        }
+        self.serve_due = false;
+        match crate::serve::apply::Job::start(&self.p.serve, &self.cfg.socket) {
+            Ok(Some(job)) => self.step = Step::Reserve(Box::new(job)),
+            Ok(None) => {}
+            Err(e) => warn!("{e}"),
+        }
+    }
+}
+
+impl Service for Tailscaled {
+    fn deadline(&self) -> Option<Instant> {
+        match (self.retry_at, self.step.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.inotify.as_fd()];
+        fds.extend(self.bus.iter().map(|b| b.fd()));
+        fds.extend(self.step.fds());
+        fds
+    }
+
+    fn tend(&mut self, init: &mut Init) {
+        if let Some(d) = &self.daemon
+            && let Some(exit) = init.take_exit(d.pid)
+        {
+            warn!(
+                "tailscaled exited ({}); its last lines:\n{}",
+                describe(exit),
+                d.last_lines()
+            );
+            self.lost_daemon();
+            self.schedule_retry();
+        }
+        self.take_events();
+        if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+            self.retry_at = None;
+            if let Err(why) = self.begin(init) {
+                warn!("{why}");
+                self.schedule_retry();
+            }
+        }
+        if let Some(result) = self.advance(init) {
+            let finishing = matches!(result, Err(Failure::Finish(_)));
+            match result {
+                Ok(()) => {}
+                // tailscaled is fine: a serve or SSH problem is only reported.
+                Err(f) if finishing => warn!("{}", self.failed(f)),
+                Err(f) => {
+                    let why = self.failed(f);
+                    warn!("{why}");
+                    if self.daemon.as_ref().is_none_or(|d| !d.killed) {
+                        self.schedule_retry();
+                    }
+                }
+            }
+        }
+        self.reapply_serve_if_due();
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let cli = match &self.step {
+            Step::Cli { run, .. } => Some(run.pid),
+            _ => None,
+        };
+        self.daemon.iter().map(|d| d.pid).chain(cli).collect()
+    }
+
+    fn stop(&mut self, init: &mut Init) {
+        self.phase = Phase::Stopping;
+        self.retry_at = None;
+        self.abandon_step();
+        if let Some(pid) = self.daemon.as_ref().map(|d| d.pid) {
+            if self.cfg.logout_on_exit && self.daemon.as_ref().is_some_and(|d| !d.killed) {
+                let logout = cli::start(
+                    init,
+                    &self.p.tailscale,
+                    &self.cfg.socket,
+                    &["logout".to_string()],
+                    &[],
+                    Duration::from_secs(10),
+                );
+                match logout.map(|run| run.wait(init)) {
+                    Ok(ended) => match ended.failure("logout") {
+                        None => info!("logged out of the tailnet (logout_on_exit)"),
+                        Some(why) => warn!("logout_on_exit: {why}"),
+                    },
+                    Err(why) => warn!("logout_on_exit: {why}"),
+                }
+            }
+            if let Some(exit) = init.stop_process(pid, "tailscaled", self.grace) {
+                debug!("tailscaled stopped: {}", describe(exit));
+            }
+            self.lost_daemon();
+        }
+        if let Some(h) = &mut self.hosts {
+            h.clear();
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Deciding whether and how tailscaled runs, before anything starts: the binaries, the
+//! preflight checks, kernel or userspace networking, the auth key, the state directory's
+//! lock. Every problem here is the user's to fix and stops tsinit with one message.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use log::{debug, info, warn};
+
+use crate::bringup::identity::{self, AuthKey, SecretArg};
+use crate::bringup::plan::Desired;
+use crate::config::{self, Config, Enabled, Networking};
+use crate::error::Error;
+use crate::preflight;
+use crate::serve::apply::ServeSetup;
+
+/// What tailscaled needs, decided before it starts.
+pub struct Prepared {
+    /// The state directory's lock, held until tsinit exits.
+    pub lock: nix::fcntl::Flock<File>,
+    pub tailscaled: PathBuf,
+    pub tailscale: PathBuf,
+    pub userspace: bool,
+    /// "kernel", or "userspace" and why; `tsinit status` shows it.
+    pub mode_note: String,
+    pub desired: Desired,
+    pub key: Option<AuthKey>,
+    /// `--client-secret`/`--id-token` from the extra `up` arguments.
+    pub secrets: Vec<SecretArg>,
+    pub serve: ServeSetup,
+}
+
+/// Decides whether and how tailscaled runs: finds the binaries, runs the preflight checks,
+/// picks kernel or userspace networking, finds the auth key. `Ok(None)`: no tailscale,
+/// tsinit is a plain init. Errors are for problems the user must fix first.
+pub fn prepare(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Prepared>, Error> {
+    let t = &config.tailscale;
+    if t.enabled == Enabled::No {
+        debug!("tailscale.enabled = false: running as a plain init");
+        return Ok(None);
+    }
+    if env("RELEASE_COMMAND").is_some_and(|v| !v.is_empty()) && t.enabled == Enabled::Auto {
+        // Fly's release machines have no volumes: a login there would register a new
+        // node on every deploy.
+        info!("RELEASE_COMMAND is set (a release machine): not starting tailscale");
+        return Ok(None);
+    }
+    let path_env = env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+    let found = |configured: &Option<PathBuf>, name: &str| {
+        configured
+            .clone()
+            .or_else(|| preflight::find_in_path(name, &path_env))
+    };
+    let configured = t.tailscaled.is_some() || t.tailscale.is_some();
+    if t.enabled == Enabled::Auto
+        && !configured
+        && (found(&t.tailscaled, "tailscaled").is_none()
+            || found(&t.tailscale, "tailscale").is_none())
+    {
+        // Checked before preflight, which would create the state dir or /dev/net/tun.
+        info!("tailscaled not found in PATH: running as a plain init");
+        return Ok(None);
+    }
+    let hostname = system_hostname();
+    let may_mknod = config.networking != Networking::Userspace;
+    let report = run_preflight(config, may_mknod, &path_env, &hostname);
+    let (Some(tailscaled), Some(tailscale)) = (report.tailscaled.clone(), report.tailscale.clone())
+    else {
+        return Err(Error::Unavailable(format!(
+            "tailscaled and tailscale are needed but not found ({}); install them, set \
+             tailscale.tailscaled/tailscale.tailscale, or set tailscale.enabled = false",
+            problems(&report, &["binaries"])
+        )));
+    };
+    for check in &report.checks {
+        match check.outcome {
+            preflight::Outcome::Warn => warn!("{}{}", check.detail, fix_suffix(check)),
+            preflight::Outcome::Ok => debug!("preflight {}: {}", check.name, check.detail),
+            preflight::Outcome::Fail => debug!("preflight {} failed: {}", check.name, check.detail),
+        }
+    }
+    if report
+        .checks
+        .iter()
+        .any(|c| c.name == "state_dir" && c.outcome == preflight::Outcome::Fail)
+    {
+        return Err(Error::Unavailable(problems(&report, &["state_dir"])));
+    }
+    let kernel_problems = report.kernel_problems();
+    let (userspace, mode_note) = match (config.networking, &kernel_problems) {
+        (Networking::Userspace, _) => (true, "userspace (networking = \"userspace\")".to_string()),
+        (_, None) => (false, "kernel".to_string()),
+        (Networking::Kernel, Some(why)) => {
+            return Err(Error::Unavailable(format!(
+                "networking = \"kernel\" but this container cannot do kernel networking: {why}; \
+                 or set networking = \"auto\" to fall back to userspace networking"
+            )));
+        }
+        (Networking::Auto, Some(why)) => {
+            userspace_banner(why, t);
+            (
+                true,
+                format!("userspace (kernel networking unavailable: {why})"),
+            )
+        }
+    };
+    let desired = Desired::from_config(config, &identity::default_hostname(&hostname, env));
+    let serve = ServeSetup::from_config(config)?;
+    if !serve.ports.is_empty() && !userspace {
+        info!(
+            "serve_ports {:?}: kernel networking, so peers reach these ports directly; \
+             nothing to serve",
+            serve.ports
+        );
+    }
+    if desired.ssh && userspace {
+        info!(
+            "Tailscale SSH with userspace networking: tailscaled answers port 22 of the \
+             node's tailnet addresses itself, so peers reach it as in kernel mode; programs \
+             run in an SSH session reach other tailnet nodes only through the proxy \
+             (ALL_PROXY), not directly"
+        );
+    }
+    let extra_key = t.up_secrets.iter().rfind(|s| s.flag == "auth-key");
+    let key = identity::auth_key(
+        t.auth_key_file.as_deref(),
+        env,
+        extra_key,
+        Path::new(identity::SECRET_FILE),
+    )
+    .map_err(|message| {
+        Error::Config(config::ConfigError {
+            origin: "auth key".to_string(),
+            message,
+        })
+    })?;
+    if let Some(key) = &key {
+        identity::check_key(key, &desired).map_err(Error::Unavailable)?;
+        debug!("auth key from {}", key.source);
+    }
+    if config.hosts.enabled {
+        check_hosts_path(&config.hosts.path)?;
+    }
+    let lock = lock_state_dir(&t.state_dir, &hostname)?;
+    refuse_live_socket(&t.socket)?;
+    Ok(Some(Prepared {
+        lock,
+        tailscaled,
+        tailscale,
+        secrets: t
+            .up_secrets
+            .iter()
+            .filter(|s| s.flag != "auth-key")
+            .cloned()
+            .collect(),
+        userspace,
+        mode_note,
+        desired,
+        key,
+        serve,
+    }))
+}
+
+/// The file in the state directory that tsinit holds locked while it runs.
+pub const LOCK_FILE: &str = "tsinit.lock";
+
+/// Locks the state directory for this tsinit's lifetime: a second tsinit (a second
+/// replica on the same volume, an old container still running) would otherwise start a
+/// second tailscaled with the same node key. The lock file names its holder.
+fn lock_state_dir(dir: &Path, hostname: &str) -> Result<nix::fcntl::Flock<File>, Error> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = dir.join(LOCK_FILE);
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("cannot lock {}: {e}", path.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| failed(&crate::error::os_message(&e)))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            file.read_to_string(&mut holder).ok();
+            let holder = holder.trim();
+            return Err(Error::Unavailable(format!(
+                "another tsinit/tailscaled uses {}: {}; stop it first, or give this one a \
+                 state directory of its own (tailscale.state_dir, TS_STATE_DIR): two \
+                 tailscaled on one state would share one node key",
+                dir.display(),
+                if holder.is_empty() {
+                    "its pid is not known"
+                } else {
+                    holder
+                }
+            )));
+        }
+        Err((_, e)) => return Err(failed(&e)),
+    };
+    let me = format!("pid {} in {hostname}\n", std::process::id());
+    let written = lock
+        .set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|_| lock.write_all(me.as_bytes()));
+    if let Err(e) = written {
+        debug!("cannot note tsinit's pid in {}: {e}", path.display());
+    }
+    Ok(lock)
+}
+
+/// Refuses to start when a daemon answers on the LocalAPI socket already (one not
+/// started by a tsinit, which would hold the lock): only a socket nobody answers on is
+/// stale and may be removed.
+fn refuse_live_socket(socket: &Path) -> Result<(), Error> {
+    let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(Error::Unavailable(format!(
+            "a tailscaled already answers on {}: stop it first, or give tsinit another \
+             socket (tailscale.socket, TS_SOCKET)",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a hosts file that is not a regular file (after symlinks): reading a FIFO
+/// would block, a device has no block to keep. A missing file is only warned about later.
+fn check_hosts_path(path: &Path) -> Result<(), Error> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(Error::Config(config::ConfigError {
+            origin: format!("hosts.path = {:?}", path.display().to_string()),
+            message: "it is not a regular file; point hosts.path (TSINIT_HOSTS_PATH) at the \
+                      hosts file, or set hosts.enabled = false"
+                .to_string(),
+        })),
+        _ => Ok(()),
+    }
+}
+
+/// The preflight checks for `config` on this machine; `may_mknod`: create a missing
+/// /dev/net/tun.
+pub fn run_preflight(
+    config: &Config,
+    may_mknod: bool,
+    path_env: &str,
+    hostname: &str,
+) -> preflight::Report {
+    let t = &config.tailscale;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    preflight::run(&preflight::Inputs {
+        tun_path: Path::new(preflight::TUN_PATH),
+        may_mknod,
+        state_dir: &t.state_dir,
+        mountinfo: &mountinfo,
+        hostname,
+        tailscaled: t.tailscaled.as_deref(),
+        tailscale: t.tailscale.as_deref(),
+        path_env,
+    })
+}
+
+fn fix_suffix(check: &preflight::Check) -> String {
+    check
+        .fix
+        .as_ref()
+        .map(|f| format!(" (fix: {f})"))
+        .unwrap_or_default()
+}
+
+fn problems(report: &preflight::Report, names: &[&str]) -> String {
+    report
+        .checks
+        .iter()
+        .filter(|c| names.contains(&c.name) && c.outcome == preflight::Outcome::Fail)
+        .map(|c| format!("{}{}", c.detail, fix_suffix(c)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn userspace_banner(why: &str, t: &config::Tailscale) {
+    let rule = "-".repeat(72);
+    warn!(
+        "{rule}\n\
+         tsinit: warning: kernel networking is not available here, so tailscaled runs in\n\
+         tsinit: warning: USERSPACE networking mode. Why: {why}\n\
+         tsinit: warning: The workload reaches the tailnet only through the SOCKS5 proxy\n\
+         tsinit: warning: ALL_PROXY=socks5h://{} (set for it), and no tailscale0 exists.\n\
+         tsinit: warning: For kernel mode, apply the fixes above; to choose userspace and\n\
+         tsinit: warning: silence this, set networking = \"userspace\" (TSINIT_NETWORKING).\n\
+         tsinit: warning: {rule}",
+        t.socks5_server
+    );
+}
+
+/// The container's hostname.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
