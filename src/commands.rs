@@ -205,9 +205,11 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
             config.hosts.path.display()
         );
     }
-    Ok(if status.backend_state == "Running" {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if status.state() == Some(crate::localapi::BackendState::Running) {
+            0
+        } else {
+            1
+        },
+    )
 }

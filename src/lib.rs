@@ -13,7 +13,6 @@ pub mod init;
 pub mod localapi;
 pub mod logging;
 pub mod preflight;
-pub mod procs;
 pub mod serve;
 pub mod signals;
 pub mod sys;

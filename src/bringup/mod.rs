@@ -81,6 +81,8 @@ pub enum Failure {
     /// The node is up, but serve or SSH is not as configured: only reported once the
     /// workload runs.
     Finish(String),
+    /// The LocalAPI connection failed: tailscaled may have exited (its exit says more).
+    Gone(String),
 }
 
 type Progress = Option<Result<(), Failure>>;
@@ -178,6 +180,9 @@ impl Tailscaled {
             Step::Prefs { status, mut req } => match req.poll() {
                 Answer::Pending => wait(Step::Prefs { status, req }),
                 Answer::TimedOut => fail(hung(&req)),
+                Answer::Failed(e) if e.lost_connection() => {
+                    fail(Failure::Gone(format!("cannot read tailscale's prefs: {e}")))
+                }
                 Answer::Failed(e) => fail(Failure::Bringup(format!(
                     "cannot read tailscale's prefs: {e}"
                 ))),
@@ -324,7 +329,7 @@ impl Tailscaled {
         self.check_state_store(&status)?;
         self.follow_bus();
         let req = Request::get(&self.cfg.socket, PREFS)
-            .map_err(|e| Failure::Bringup(format!("cannot read tailscale's prefs: {e}")))?;
+            .map_err(|e| Failure::Gone(format!("cannot read tailscale's prefs: {e}")))?;
         Ok(Step::Prefs {
             status: Box::new(status),
             req,
@@ -433,8 +438,7 @@ impl Tailscaled {
             renamed: false,
         };
         let current = Current {
-            backend_state: state.name().to_string(),
-            auth_url: String::new(),
+            state,
             hostname: prefs.hostname.clone(),
             corp_dns: prefs.corp_dns,
             no_stateful_filtering: prefs.no_stateful_filtering,

@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::duration;
+use crate::localapi::BackendState;
 
 /// The settings `tailscale up`/`set` manage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,8 +67,7 @@ fn ssh_flag(arg: &str) -> Option<bool> {
 /// What tailscaled reported, as far as the decision needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Current {
-    pub backend_state: String,
-    pub auth_url: String,
+    pub state: BackendState,
     pub hostname: String,
     pub corp_dns: bool,
     pub no_stateful_filtering: bool,
@@ -107,22 +107,22 @@ fn same_set(a: &[String], b: &[String]) -> bool {
 
 /// Decides what to do. `Starting`/`Running` count as logged in.
 pub fn plan(current: &Current, desired: &Desired) -> Plan {
-    match current.backend_state.as_str() {
-        "Running" | "Starting" => {}
-        "NeedsLogin" | "NoState" => {
+    match current.state {
+        BackendState::Running | BackendState::Starting => {}
+        BackendState::NeedsLogin | BackendState::NoState => {
             return Plan::Up {
                 args: up_args(desired),
                 needs_key: true,
             };
         }
         // Logged in before, then `tailscale down`: `up` brings it back without a key.
-        "Stopped" => {
+        BackendState::Stopped => {
             return Plan::Up {
                 args: up_args(desired),
                 needs_key: false,
             };
         }
-        "NeedsMachineAuth" => return Plan::NeedsApproval,
+        BackendState::NeedsMachineAuth => return Plan::NeedsApproval,
         other => return Plan::Unexpected(other.to_string()),
     }
     let set = set_args(current, desired);
@@ -230,7 +230,7 @@ mod tests {
 
     fn running() -> Current {
         Current {
-            backend_state: "Running".into(),
+            state: BackendState::Running,
             hostname: "web".into(),
             corp_dns: false,
             no_stateful_filtering: true,
@@ -248,7 +248,7 @@ mod tests {
             (
                 "starting counts as logged in",
                 Current {
-                    backend_state: "Starting".into(),
+                    state: BackendState::Starting,
                     ..running()
                 },
                 Plan::Nothing,
@@ -289,7 +289,7 @@ mod tests {
             (
                 "logged out",
                 Current {
-                    backend_state: "NeedsLogin".into(),
+                    state: BackendState::NeedsLogin,
                     ..Current::default()
                 },
                 Plan::Up {
@@ -300,7 +300,7 @@ mod tests {
             (
                 "fresh",
                 Current {
-                    backend_state: "NoState".into(),
+                    state: BackendState::NoState,
                     ..Current::default()
                 },
                 Plan::Up {
@@ -311,7 +311,7 @@ mod tests {
             (
                 "stopped",
                 Current {
-                    backend_state: "Stopped".into(),
+                    state: BackendState::Stopped,
                     ..running()
                 },
                 Plan::Up {
@@ -322,7 +322,7 @@ mod tests {
             (
                 "needs approval",
                 Current {
-                    backend_state: "NeedsMachineAuth".into(),
+                    state: BackendState::NeedsMachineAuth,
                     ..running()
                 },
                 Plan::NeedsApproval,

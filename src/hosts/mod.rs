@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 pub use file::{HostsFile, Split, Written, apply, split};
 
-use crate::localapi::{PeerStatus, Status};
+use crate::localapi::{BackendState, PeerStatus, Status};
 
 /// Start of the BEGIN marker line (the rest of the line says how many names and when).
 pub const BEGIN: &str = "# BEGIN tsinit managed block";
@@ -73,7 +73,7 @@ pub fn tailscale_ip(ip: &IpAddr) -> bool {
 /// (connecting) or Running: a stopped or logged-out node's names are not served. Invalid
 /// names and addresses are dropped with a debug line.
 pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
-    if !matches!(status.backend_state.as_str(), "Running" | "Starting") {
+    if !status.state().is_some_and(BackendState::logged_in) {
         return Vec::new();
     }
     let nodes = status

@@ -37,6 +37,23 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether the connection itself failed (refused, reset, closed early): tailscaled
+    /// may have gone away.
+    pub fn lost_connection(&self) -> bool {
+        match self {
+            ApiError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::NotFound
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            ApiError::Protocol(m) => m.contains("connection closed"),
+            _ => false,
+        }
+    }
+
     fn about(self, what: &str) -> ApiError {
         match self {
             ApiError::Protocol(m) => ApiError::Protocol(format!("LocalAPI {what}: {m}")),

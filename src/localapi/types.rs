@@ -110,8 +110,9 @@ impl Prefs {
 
 /// tailscaled's backend state (ipn.State), as its number on the IPN bus and its name in
 /// the status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendState {
+    #[default]
     NoState,
     InUseOtherUser,
     NeedsLogin,

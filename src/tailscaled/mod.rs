@@ -31,6 +31,8 @@ use daemon::Daemon;
 
 /// The longest wait between two restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a lost LocalAPI connection waits for tailscaled's exit to explain it.
+const GONE_WAIT: Duration = Duration::from_secs(1);
 
 /// Where tsinit is in its life: before the workload (failures end tsinit, unless
 /// on_failure says otherwise), while it runs (failures are retried), shutting down.
@@ -176,6 +178,22 @@ impl Tailscaled {
             self.take_events();
             match self.advance(init) {
                 Some(Ok(())) => return Ok(()),
+                Some(Err(Failure::Gone(why))) => {
+                    // The connection failed: if tailscaled is exiting, its exit (and
+                    // last lines) is the better answer.
+                    let exit = self.daemon.as_ref().and_then(|d| {
+                        init.wait_exit(d.pid, Instant::now() + GONE_WAIT)
+                            .map(|exit| (exit, d.last_lines()))
+                    });
+                    if let Some((exit, lines)) = exit {
+                        self.lost_daemon();
+                        return Err(BringupError::Failed(format!(
+                            "tailscaled exited ({}) before it was ready; its last lines:\n{lines}",
+                            describe(exit)
+                        )));
+                    }
+                    return Err(BringupError::Failed(why));
+                }
                 Some(Err(failure)) => return Err(BringupError::Failed(self.failed(failure))),
                 None => {}
             }
@@ -325,7 +343,7 @@ impl Tailscaled {
                 }
                 why
             }
-            Failure::Bringup(why) | Failure::Finish(why) => why,
+            Failure::Bringup(why) | Failure::Finish(why) | Failure::Gone(why) => why,
         }
     }
 

@@ -13,6 +13,7 @@
 
 mod control;
 mod derp;
+pub mod fakeapi;
 mod noise;
 mod state;
 

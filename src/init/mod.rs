@@ -8,16 +8,20 @@ use std::ffi::{OsString, c_int};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use log::{debug, error, info, trace, warn};
+use log::{debug, error, info, warn};
+
+pub mod procs;
+mod reaper;
+mod shutdown;
+
+use reaper::Reaper;
 
 use crate::config::{Config, SignalTarget};
 use crate::duration;
 use crate::error::Error;
-use crate::procs;
 use crate::signals::{self, Signals, Wake};
 use crate::sys::{self, Exit};
 
@@ -45,71 +49,12 @@ pub fn exit_code(exit: Exit) -> i32 {
     }
 }
 
-/// The one owner of `waitpid`: reaps every child and keeps the statuses of the children
-/// someone asked about, so no exit status is ever lost to another waiter.
-#[derive(Default)]
-struct Reaper {
-    watched: Vec<i32>,
-    exited: Vec<(i32, Exit)>,
-    /// False once waitpid reported that no children are left.
-    has_children: bool,
-}
-
-impl Reaper {
-    fn watch(&mut self, pid: i32) {
-        self.watched.push(pid);
-        self.has_children = true;
-    }
-
-    /// Reaps every child that has exited, without blocking.
-    fn reap(&mut self) {
-        loop {
-            match sys::reap_one() {
-                Ok(Some((pid, exit))) => {
-                    if let Some(i) = self.watched.iter().position(|&p| p == pid) {
-                        self.watched.swap_remove(i);
-                        self.exited.push((pid, exit));
-                    } else {
-                        trace!("reaped orphan {pid} ({})", describe(exit));
-                    }
-                }
-                Ok(None) => {
-                    self.has_children = true;
-                    return;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-                    self.has_children = false;
-                    return;
-                }
-                Err(e) => {
-                    warn!("waitpid failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The exit status of a watched child, once it has been reaped.
-    fn take(&mut self, pid: i32) -> Option<Exit> {
-        let i = self.exited.iter().position(|&(p, _)| p == pid)?;
-        Some(self.exited.swap_remove(i).1)
-    }
-}
-
 /// How a child ended, in words ("exit code 3", "killed by SIGTERM").
 pub fn describe(exit: Exit) -> String {
     match exit {
         Exit::Code(code) => format!("exit code {code}"),
         Exit::Signal(sig) => format!("killed by {}", signals::name(sig)),
     }
-}
-
-/// Which processes are still left to stop.
-enum Remaining {
-    None,
-    Pids(Vec<i32>),
-    /// /proc cannot tell us (it shows another PID namespace), but children remain.
-    Unknown,
 }
 
 /// Something tsinit runs beside the workload (tailscaled): tended after every wake-up,
@@ -169,12 +114,6 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, b) => a.or(b),
     }
 }
-
-/// The highest pid Linux hands out (PID_MAX_LIMIT on 64-bit kernels).
-const PID_MAX_LIMIT: i32 = 4_194_304;
-/// Without /proc: how many pids past the next free one are probed for processes
-/// started during the shutdown.
-const PROBE_MARGIN: i32 = 4096;
 
 pub struct Init {
     signals: Signals,
@@ -421,177 +360,6 @@ impl Init {
                 debug!("{} not delivered: {whom} already gone", signals::name(sig))
             }
             Err(e) => warn!("cannot send {} to {whom}: {e}", signals::name(sig)),
-        }
-    }
-
-    /// After the workload's exit: SIGTERM to every process tsinit is responsible for
-    /// (except `services`), `grace_period` for them to exit, then SIGKILL to the rest;
-    /// all of them reaped.
-    pub fn stop_leftovers(&mut self, services: &[i32]) {
-        let proc_ok = procs::shows_our_namespace(Path::new("/proc"));
-        if !proc_ok {
-            debug!(
-                "/proc shows another PID namespace; {} instead of listing processes",
-                match self.mode {
-                    Mode::Pid1 => "probing the pids of ours",
-                    Mode::Subreaper => "signalling the workload's process group",
-                }
-            );
-        }
-        let grace = self.config.grace_period;
-        let first = match self.remaining(proc_ok, services) {
-            Remaining::None => return,
-            r => r,
-        };
-        if let Remaining::Pids(pids) = &first {
-            info!(
-                "workload has exited; sending SIGTERM to {} remaining process(es)",
-                pids.len()
-            );
-        }
-        self.signal_remaining(&first, libc::SIGTERM);
-        let start = Instant::now();
-        if self.wait_until_gone(proc_ok, services, start + grace) {
-            debug!("remaining processes exited after {:?}", start.elapsed());
-            return;
-        }
-        for _ in 0..3 {
-            let left = self.remaining(proc_ok, services);
-            if let Remaining::Pids(pids) = &left {
-                warn!(
-                    "{} process(es) still running {} after SIGTERM: sending SIGKILL",
-                    pids.len(),
-                    duration::format(grace)
-                );
-            }
-            self.signal_remaining(&left, libc::SIGKILL);
-            let deadline = Instant::now() + Duration::from_secs(1);
-            if self.wait_until_gone(proc_ok, services, deadline) {
-                return;
-            }
-        }
-        warn!("some processes did not go away even after SIGKILL");
-    }
-
-    /// Reaps until nothing tsinit must stop is left (true) or `deadline` passes (false).
-    fn wait_until_gone(&mut self, proc_ok: bool, services: &[i32], deadline: Instant) -> bool {
-        loop {
-            if matches!(self.remaining(proc_ok, services), Remaining::None) {
-                return true;
-            }
-            if self.pump(Some(deadline), &[]) == Woke::Deadline {
-                return false;
-            }
-        }
-    }
-
-    /// Stops one service process: SIGTERM, up to `grace` to exit, then SIGKILL; reaped.
-    pub fn stop_process(&mut self, pid: i32, name: &str, grace: Duration) -> Option<Exit> {
-        if let Some(exit) = self.take_exit(pid) {
-            return Some(exit);
-        }
-        if let Err(e) = sys::kill(pid, libc::SIGTERM) {
-            debug!("cannot send SIGTERM to {name}: {e}");
-        }
-        if let Some(exit) = self.wait_exit(pid, Instant::now() + grace) {
-            return Some(exit);
-        }
-        warn!(
-            "{name} did not exit within {}: sending SIGKILL",
-            duration::format(grace)
-        );
-        if let Err(e) = sys::kill(pid, libc::SIGKILL) {
-            debug!("cannot send SIGKILL to {name}: {e}");
-        }
-        let exit = self.wait_exit(pid, Instant::now() + Duration::from_secs(1));
-        if exit.is_none() {
-            warn!("{name} (pid {pid}) did not exit even after SIGKILL");
-        }
-        exit
-    }
-
-    /// Pumps until child `pid` has exited or `deadline` passes.
-    pub fn wait_exit(&mut self, pid: i32, deadline: Instant) -> Option<Exit> {
-        loop {
-            if let Some(exit) = self.take_exit(pid) {
-                return Some(exit);
-            }
-            if self.pump(Some(deadline), &[]) == Woke::Deadline {
-                return self.take_exit(pid);
-            }
-        }
-    }
-
-    fn remaining(&mut self, proc_ok: bool, services: &[i32]) -> Remaining {
-        self.reaper.reap();
-        // Every descendant that is still alive has us or another descendant as its
-        // parent, so having no children means none is left. A subreaper is done then;
-        // PID 1 still looks for processes entered from outside (`docker exec`).
-        if self.mode == Mode::Subreaper && !self.reaper.has_children {
-            return Remaining::None;
-        }
-        if proc_ok {
-            match procs::table(Path::new("/proc")) {
-                Ok(table) => {
-                    let whole = self.mode == Mode::Pid1;
-                    let pids = procs::responsible(&table, self.me, whole, services);
-                    return if pids.is_empty() {
-                        Remaining::None
-                    } else {
-                        Remaining::Pids(pids)
-                    };
-                }
-                Err(e) => warn!("cannot list processes in /proc: {e}"),
-            }
-        }
-        if self.mode == Mode::Pid1 {
-            // No /proc of our own: as PID 1 every process in the namespace is ours, and
-            // pids are handed out in order, so probing each pid below the next one
-            // finds them all (barring a wrap-around of pid_max) without touching the
-            // services, which kill(-1) could not spare.
-            // The bound is learnt once per shutdown (each probe child would wake the
-            // loop again), with room for processes started since.
-            if self.probe_limit.is_none() {
-                self.probe_limit = sys::next_pid()
-                    .map(|next| (next + PROBE_MARGIN).min(PID_MAX_LIMIT))
-                    .inspect_err(|e| warn!("cannot probe for processes: {e}"))
-                    .ok();
-            }
-            if let Some(limit) = self.probe_limit {
-                let pids: Vec<i32> = (2..limit)
-                    .filter(|&p| p != self.me && !services.contains(&p))
-                    .filter(|&p| sys::pid_exists(p))
-                    .collect();
-                return if pids.is_empty() {
-                    Remaining::None
-                } else {
-                    Remaining::Pids(pids)
-                };
-            }
-        }
-        if self.reaper.has_children {
-            Remaining::Unknown
-        } else {
-            Remaining::None
-        }
-    }
-
-    fn signal_remaining(&self, remaining: &Remaining, sig: c_int) {
-        let targets: Vec<i32> = match remaining {
-            Remaining::None => return,
-            Remaining::Pids(pids) => pids.clone(),
-            Remaining::Unknown => match (self.mode, &self.workload) {
-                (Mode::Pid1, _) => vec![-1],
-                (Mode::Subreaper, Some(w)) => vec![-w.pid],
-                (Mode::Subreaper, None) => return,
-            },
-        };
-        for pid in targets {
-            match sys::kill(pid, sig) {
-                Ok(()) => trace!("sent {} to {pid}", signals::name(sig)),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(e) => warn!("cannot send {} to {pid}: {e}", signals::name(sig)),
-            }
         }
     }
 }
