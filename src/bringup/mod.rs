@@ -5,130 +5,29 @@
 //! delivers (an answer, a bus event, a CLI exit, a deadline): no step ever blocks, so the
 //! same bring-up runs before the workload and, after a restart, while it runs.
 
+mod finish;
 pub mod identity;
 pub mod plan;
+mod step;
 
-use std::os::fd::BorrowedFd;
+pub use step::{Failure, Step};
+use step::{Progress, hung};
+
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::duration;
 use crate::init::Init;
-use crate::localapi::{
-    self, Answer, BackendState, PREFS, Prefs, Request, SSH_CAPABILITY, STATUS, Status,
-};
-use crate::serve::apply::{Job, JobError};
-use crate::tailscaled::{Phase, Tailscaled, cli, ready};
+use crate::localapi::{self, Answer, BackendState, PREFS, Prefs, Request, STATUS, Status};
+use crate::serve::apply::JobError;
+use crate::tailscaled::{Tailscaled, cli};
 use plan::{Current, Plan};
 
 /// How long a bring-up that renamed the node waits for control's new DNS name.
 const RENAME_WAIT: Duration = Duration::from_secs(10);
 /// How long the bring-up waits for the IPN bus's first notification (it comes at once).
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
-
-/// Where the bring-up is, and what it waits for.
-pub enum Step {
-    /// Nothing under way.
-    Idle,
-    /// tailscaled's first LocalAPI answer.
-    Ready(Box<ready::Wait>),
-    /// Its prefs (its status is in).
-    Prefs { status: Box<Status>, req: Request },
-    /// NoState without a saved login: the real state (read again after bus events,
-    /// since tailscaled announces some changes with no State event).
-    LeftNoState {
-        prefs: Box<Prefs>,
-        req: Option<Request>,
-        heard: u64,
-        until: Instant,
-    },
-    /// A `tailscale up` (`up` true) or `set` call.
-    Cli { run: cli::Run, up: bool, flow: Flow },
-    /// A failure whose message gets tailscaled's health added.
-    Explain {
-        prefix: String,
-        cli: String,
-        req: Request,
-    },
-    /// After `up`: the node's addresses, to say so.
-    UpDone { req: Request, flow: Flow },
-    /// A resumed login: until the node is Running (and, with a hosts block, its netmap).
-    Running { until: Instant, flow: Flow },
-    /// Renamed with serve configured: until control names the node after its hostname.
-    Renamed { until: Instant, label: String },
-    /// Until the IPN bus's first notification is in (the hosts block is written from it).
-    Settle { until: Instant },
-    /// The serve config, as part of the bring-up.
-    Serve(Box<Job>),
-    /// Whether control enabled Tailscale SSH: the status and the prefs.
-    Ssh {
-        status: Request,
-        prefs: Request,
-        got: Box<(Option<Status>, Option<Prefs>)>,
-    },
-    /// The serve config again while the workload runs (its file changed, a rename).
-    Reserve(Box<Job>),
-}
-
-/// Why a bring-up failed.
-#[derive(Debug)]
-pub enum Failure {
-    /// Getting the node up failed: retried with backoff once the workload runs.
-    Bringup(String),
-    /// tailscaled does not answer: it is killed (and restarted).
-    Hung(String),
-    /// The node is up, but serve or SSH is not as configured: only reported once the
-    /// workload runs.
-    Finish(String),
-    /// The LocalAPI connection failed: tailscaled may have exited (its exit says more).
-    Gone(String),
-}
-
-type Progress = Option<Result<(), Failure>>;
-
-impl Step {
-    pub fn deadline(&self) -> Option<Instant> {
-        Some(match self {
-            Step::Idle => return None,
-            Step::Ready(w) => w.wake_at(),
-            Step::Prefs { req, .. } | Step::Explain { req, .. } | Step::UpDone { req, .. } => {
-                req.deadline
-            }
-            Step::LeftNoState { req, until, .. } => {
-                req.as_ref().map_or(*until, |r| r.deadline.min(*until))
-            }
-            Step::Cli { run, .. } => run.deadline,
-            Step::Running { until, .. } | Step::Renamed { until, .. } | Step::Settle { until } => {
-                *until
-            }
-            Step::Serve(job) | Step::Reserve(job) => job.deadline(),
-            Step::Ssh { status, prefs, .. } => status.deadline.min(prefs.deadline),
-        })
-    }
-
-    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        match self {
-            Step::Ready(w) => w.fds(),
-            Step::Prefs { req, .. } | Step::Explain { req, .. } | Step::UpDone { req, .. } => {
-                vec![req.fd()]
-            }
-            Step::LeftNoState { req, .. } => req.iter().map(|r| r.fd()).collect(),
-            Step::Serve(job) | Step::Reserve(job) => vec![job.fd()],
-            Step::Ssh { status, prefs, .. } => vec![status.fd(), prefs.fd()],
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// An unanswered request: tailscaled counts as hung.
-fn hung(req: &Request) -> Failure {
-    Failure::Hung(format!(
-        "tailscaled did not answer {} within {}",
-        req.what,
-        duration::format(localapi::ANSWER_TIMEOUT)
-    ))
-}
 
 impl Tailscaled {
     /// Makes what progress the bring-up can; `Some` once it has ended.
@@ -565,136 +464,6 @@ impl Tailscaled {
             };
         }
         self.settle()
-    }
-
-    /// The node is up; the bus's first notification (and so the hosts block) is awaited.
-    fn settle(&mut self) -> Step {
-        if self.retrying && self.phase == Phase::Steady {
-            info!("tailscale is back");
-            self.failures = 0;
-            self.retrying = false;
-        }
-        Step::Settle {
-            until: Instant::now() + SETTLE_WAIT,
-        }
-    }
-
-    /// Serve, then SSH.
-    fn finish(&mut self) -> Result<Step, Failure> {
-        match Job::start(&self.p.serve, &self.cfg.socket) {
-            Ok(Some(job)) => Ok(Step::Serve(Box::new(job))),
-            Ok(None) => self.ssh(None),
-            Err(JobError::Hung(m)) => Err(Failure::Hung(m)),
-            Err(JobError::Failed(m)) => self.ssh(Some(m)),
-        }
-    }
-
-    /// With ssh = true: asks whether control enabled Tailscale SSH for this node (the
-    /// prefs say RunSSH, but tailscaled serves no SSH without the capability). A serve
-    /// problem (`served`) is reported after SSH's.
-    fn ssh(&mut self, served: Option<String>) -> Result<Step, Failure> {
-        self.served = served;
-        if !self.p.desired.ssh {
-            return self.done();
-        }
-        let status = self.status_request()?;
-        let prefs = Request::get(&self.cfg.socket, PREFS)
-            .map_err(|e| Failure::Finish(format!("cannot read tailscale's prefs: {e}")))?;
-        Ok(Step::Ssh {
-            status,
-            prefs,
-            got: Box::default(),
-        })
-    }
-
-    fn ssh_answers(
-        &mut self,
-        mut status: Request,
-        mut prefs: Request,
-        mut got: Box<(Option<Status>, Option<Prefs>)>,
-    ) -> (Step, Option<Result<bool, Failure>>) {
-        let finish = |why: String| (Step::Idle, Some(Err(Failure::Finish(why))));
-        if got.0.is_none() {
-            match status.poll() {
-                Answer::Pending => {}
-                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&status)))),
-                Answer::Failed(e) => return finish(format!("cannot read tailscale's status: {e}")),
-                Answer::Ok(resp) => match localapi::decode(&resp, STATUS) {
-                    Ok(s) => got.0 = Some(s),
-                    Err(e) => return finish(format!("cannot read tailscale's status: {e}")),
-                },
-            }
-        }
-        if got.1.is_none() {
-            match prefs.poll() {
-                Answer::Pending => {}
-                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&prefs)))),
-                Answer::Failed(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
-                Answer::Ok(resp) => match localapi::decode(&resp, PREFS) {
-                    Ok(p) => got.1 = Some(p),
-                    Err(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
-                },
-            }
-        }
-        let (Some(s), Some(p)) = (&got.0, &got.1) else {
-            return (Step::Ssh { status, prefs, got }, Some(Ok(false)));
-        };
-        let has_cap = s
-            .self_
-            .as_ref()
-            .is_some_and(|me| me.cap_map.contains_key(SSH_CAPABILITY));
-        if !p.run_ssh {
-            return finish(
-                "ssh = true, but Tailscale SSH is off in tailscaled's prefs (see the warnings \
-                 above)"
-                    .to_string(),
-            );
-        }
-        if !has_cap {
-            return finish(
-                "ssh = true, but this tailnet has not enabled Tailscale SSH for this node \
-                 (control sent no ssh capability): add an \"ssh\" rule for it to the tailnet \
-                 policy, or set ssh = false"
-                    .to_string(),
-            );
-        }
-        info!("Tailscale SSH is on: peers reach port 22 as the tailnet's ssh rules allow");
-        match self.done() {
-            Ok(step) => (step, None),
-            Err(f) => (Step::Idle, Some(Err(f))),
-        }
-    }
-
-    /// The end of a bring-up: a serve problem held back is reported now.
-    fn done(&mut self) -> Result<Step, Failure> {
-        match self.served.take() {
-            Some(why) => Err(Failure::Finish(why)),
-            None => Ok(Step::Idle),
-        }
-    }
-
-    /// Fails at once when tailscaled could not read its state (a file truncated by a
-    /// crash, say): it then runs on an empty in-memory store, never logs in, and waiting
-    /// would only end in a timeout. The damaged file is left as it is.
-    fn check_state_store(&self, status: &Status) -> Result<(), Failure> {
-        let Some(problem) = status
-            .health
-            .iter()
-            .find(|h| h.contains("State store failed to initialize"))
-        else {
-            return Ok(());
-        };
-        let why = problem
-            .split_once("Error: ")
-            .map_or(problem.as_str(), |(_, e)| e);
-        let state = self.cfg.state_dir.join("tailscaled.state");
-        Err(Failure::Bringup(format!(
-            "tailscaled cannot read its state: {why}\nfix: if {} is damaged, move it aside \
-             (keep it: it holds the node's keys) and start again; the node then logs in as a \
-             new machine (with an auth key)\ntailscaled's last lines:\n{}",
-            state.display(),
-            self.last_lines()
-        )))
     }
 
     fn last_lines(&self) -> String {

@@ -7,6 +7,7 @@
 //! exactly the file as it was.
 
 pub mod file;
+mod inplace;
 pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
