@@ -80,6 +80,12 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)) {
+        panic!("testcontrol: cannot read /dev/urandom: {e}");
+    }
+}
+
 /// Control + DERP server on one TCP port; stops when dropped.
 pub struct TestControl {
     shared: Arc<Shared>,
@@ -240,6 +246,57 @@ impl TestControl {
             .add_fake(hostname, [random_bytes(), random_bytes(), random_bytes()]);
         self.shared.bump();
         id
+    }
+
+    /// Adds `count` fake peers named `<prefix>-0` .. `<prefix>-<count-1>` (each as
+    /// [`TestControl::add_fake_peer`] makes one) in batches of `batch`, each batch one
+    /// change pushed to the open map streams. While a node has a map stream open, the next
+    /// batch waits (up to 10 s) until a stream has computed its update from the previous
+    /// one, so that node gets `ceil(count / batch)` map updates, not fewer merged ones.
+    /// Returns the ids in order; stops with an error at a batch with a name a live node
+    /// has already (earlier batches stay).
+    pub fn add_fake_peers(
+        &self,
+        prefix: &str,
+        count: usize,
+        batch: usize,
+    ) -> Result<Vec<u64>, String> {
+        let batch = batch.max(1);
+        let mut ids = Vec::with_capacity(count);
+        let mut start = 0;
+        while start < count {
+            let end = count.min(start + batch);
+            let mut keys = vec![0u8; 96 * (end - start)];
+            fill_random(&mut keys);
+            let peers: Vec<(String, [[u8; 32]; 3])> = (start..end)
+                .zip(keys.chunks_exact(96))
+                .map(|(i, k)| {
+                    let mut three = [[0u8; 32]; 3];
+                    for (key, part) in three.iter_mut().zip(k.chunks_exact(32)) {
+                        key.copy_from_slice(part);
+                    }
+                    (format!("{prefix}-{i}"), three)
+                })
+                .collect();
+            let (added, batch_no, taken, streaming) = {
+                let mut st = self.shared.lock();
+                let added = st.add_fakes(&peers)?;
+                let streaming = st.nodes.values().any(|n| !n.fake && n.streams > 0);
+                (added, st.batches, st.taken.clone(), streaming)
+            };
+            self.shared.bump();
+            ids.extend(added);
+            start = end;
+            if start < count && streaming {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while taken.load(std::sync::atomic::Ordering::Relaxed) < batch_no
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Renames a node at control (as an admin does in the console): its DNS name becomes

@@ -2,7 +2,11 @@
 //! server, prints its URL as the first line of stdout, and runs until SIGTERM/SIGINT, or
 //! until stdin reaches EOF when stdin is a pipe or socket (so `cmd &` with stdin on
 //! /dev/null keeps running). From a pipe it also takes commands, one per line:
-//! `add NAME` (a fake peer; prints its id) and `remove ID`.
+//! `add NAME` (a fake peer; prints its id), `remove ID`, and
+//! `add-many PREFIX COUNT [BATCH]`: COUNT fake peers named PREFIX-0 .. PREFIX-<COUNT-1>,
+//! BATCH (default 50) per map update, each batch sent before the next is added (see
+//! `TestControl::add_fake_peers`); prints one line when done,
+//! `added COUNT FIRST_ID..LAST_ID in BATCHES batches`, or `error: ...`.
 
 use std::io::{BufRead, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -66,6 +70,24 @@ fn main() {
             let mut words = line.split_whitespace();
             match (words.next(), words.next()) {
                 (Some("add"), Some(name)) => println!("{}", server.add_fake_peer(name)),
+                (Some("add-many"), Some(prefix)) => {
+                    let count = words.next().map(str::parse::<usize>);
+                    let batch = words.next().map(str::parse::<usize>).unwrap_or(Ok(50));
+                    match (count, batch) {
+                        (Some(Ok(count)), Ok(batch)) if batch > 0 => {
+                            match server.add_fake_peers(prefix, count, batch) {
+                                Ok(ids) => println!(
+                                    "added {count} {}..{} in {} batches",
+                                    ids.first().copied().unwrap_or(0),
+                                    ids.last().copied().unwrap_or(0),
+                                    count.div_ceil(batch)
+                                ),
+                                Err(e) => println!("error: {e}"),
+                            }
+                        }
+                        _ => println!("error: usage: add-many PREFIX COUNT [BATCH]"),
+                    }
+                }
                 (Some("remove"), Some(id)) => match id.parse() {
                     Ok(id) => {
                         server.remove_peer(id);
@@ -73,7 +95,10 @@ fn main() {
                     }
                     Err(_) => println!("error: bad id {id:?}"),
                 },
-                _ => println!("error: commands are `add NAME` and `remove ID`"),
+                _ => println!(
+                    "error: commands are `add NAME`, `remove ID` and \
+                     `add-many PREFIX COUNT [BATCH]`"
+                ),
             }
             let _ = std::io::stdout().flush();
         }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -99,6 +101,11 @@ pub struct State {
     pub stun_port: i32,
     /// Whether nodes get the Tailscale SSH capability (default true).
     pub ssh_enabled: bool,
+    /// Counts batches of changes ([`State::add_fakes`]); `taken` is the highest batch a map
+    /// stream has computed its update from, so a caller can wait for each batch to go out
+    /// as a map update of its own instead of being merged into the next.
+    pub batches: u64,
+    pub taken: Arc<AtomicU64>,
 }
 
 /// `prefix:<64 hex>` and not all zeros (Go sends zero keys as all-zero hex).
@@ -165,16 +172,20 @@ impl State {
             derp_port,
             stun_port: -1,
             ssh_enabled: true,
+            batches: 0,
+            taken: Arc::new(AtomicU64::new(0)),
         }
     }
 
     fn unique_name(&self, id: u64, hostname: &str, exact: bool) -> String {
         let label = dns_label(hostname);
         let want = format!("{label}.{DOMAIN}.");
-        let taken = self
-            .nodes
-            .values()
-            .any(|n| n.id != id && !n.logged_out && n.name == want);
+        // `exact` keeps the name either way: no need to look (O(nodes) per added peer).
+        let taken = !exact
+            && self
+                .nodes
+                .values()
+                .any(|n| n.id != id && !n.logged_out && n.name == want);
         if taken && !exact {
             format!("{label}-{id}.{DOMAIN}.")
         } else {
@@ -238,6 +249,35 @@ impl State {
             n.name = name;
         }
         id
+    }
+
+    /// Adds one batch of fake peers, `(hostname, keys)` each, as [`State::add_fake`] does,
+    /// and counts the batch; returns their ids. Refuses (adding none) a hostname whose DNS
+    /// name a live node has already, or that comes twice: fake peers keep their names exactly.
+    pub fn add_fakes(&mut self, peers: &[(String, [[u8; 32]; 3])]) -> Result<Vec<u64>, String> {
+        let mut names: std::collections::HashSet<String> = self
+            .nodes
+            .values()
+            .filter(|n| !n.logged_out)
+            .map(|n| n.name.clone())
+            .collect();
+        for (hostname, _) in peers {
+            let name = format!("{}.{DOMAIN}.", dns_label(hostname));
+            if !names.insert(name) {
+                return Err(format!("the name of {hostname:?} is taken"));
+            }
+        }
+        let ids = peers
+            .iter()
+            .map(|(h, keys)| self.add_fake(h, *keys))
+            .collect();
+        self.batches += 1;
+        Ok(ids)
+    }
+
+    /// Called by a map stream computing what to send: it has taken every batch so far.
+    fn mark_taken(&self) {
+        self.taken.fetch_max(self.batches, Ordering::Relaxed);
     }
 
     /// The live node holding `node_key` (or, during a key rotation, `old_node_key`) for this machine.
@@ -423,6 +463,7 @@ impl MapSession {
     /// The first response of a poll: everything.
     pub fn full(&mut self, st: &State) -> Option<Value> {
         let me = st.nodes.get(&self.node_id)?;
+        st.mark_taken();
         let self_json = st.node_json(me);
         self.sent_self = self_json.to_string();
         let peers = self.current_peers(st);
@@ -440,6 +481,7 @@ impl MapSession {
         let Some(me) = st.nodes.get(&self.node_id).filter(|n| !n.logged_out) else {
             return Delta::End;
         };
+        st.mark_taken();
         let mut resp = serde_json::Map::new();
         let self_json = st.node_json(me);
         let self_str = self_json.to_string();
@@ -583,5 +625,50 @@ mod tests {
         assert_eq!(d, json!({"PeersRemoved": [fake]}));
         st.nodes.get_mut(&1).unwrap().logged_out = true;
         assert!(matches!(s.delta(&st), Delta::End));
+    }
+
+    #[test]
+    fn batches_of_many_fake_peers() {
+        let mut st = State::new("http://x".into(), "127.0.0.1".into(), 1);
+        st.valid_keys = vec!["k".into()];
+        reply(st.register(req(&nk(1), Some("k")), MK, 0));
+        let mut s = MapSession::new(1);
+        s.full(&st).unwrap();
+        let batch = |from: usize, to: usize| -> Vec<(String, [[u8; 32]; 3])> {
+            (from..to)
+                .map(|i| (format!("many-{i}"), [[(i % 250) as u8 + 1; 32]; 3]))
+                .collect()
+        };
+        for b in 0..4 {
+            let ids = st.add_fakes(&batch(b * 5_000, (b + 1) * 5_000)).unwrap();
+            assert_eq!(ids.len(), 5_000);
+            assert_eq!(st.batches, b as u64 + 1);
+            assert_eq!(st.taken.load(Ordering::Relaxed), b as u64);
+            let Delta::Send(d) = s.delta(&st) else {
+                panic!()
+            };
+            assert_eq!(st.taken.load(Ordering::Relaxed), b as u64 + 1);
+            assert_eq!(d["PeersChanged"].as_array().unwrap().len(), 5_000);
+        }
+        // 20 000 peers: distinct names and addresses, all inside 100.64.0.0/10.
+        let peers: Vec<&Node> = st.nodes.values().filter(|n| n.fake).collect();
+        assert_eq!(peers.len(), 20_000);
+        let names: std::collections::BTreeSet<&str> = peers.iter().map(|n| &*n.name).collect();
+        let v4: std::collections::BTreeSet<String> = st
+            .nodes
+            .values()
+            .map(|n| n.addresses()[0].clone())
+            .collect();
+        assert_eq!((names.len(), v4.len()), (20_000, 20_001));
+        assert!(names.contains("many-19999.tail.example."));
+        let last: Ipv4Addr = v4
+            .iter()
+            .map(|a| a.trim_end_matches("/32").parse().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(last, Ipv4Addr::new(100, 64, 78, 33));
+        // A taken name refuses the whole batch.
+        assert!(st.add_fakes(&batch(19_999, 20_001)).is_err());
+        assert_eq!((st.nodes.len(), st.batches), (20_001, 4));
     }
 }
