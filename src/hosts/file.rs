@@ -9,7 +9,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::inplace::{last_line, padding_line, write_in_place};
-use super::{BEGIN, END, Skip, without_shadowing};
+use std::time::SystemTime;
+
+use super::{BEGIN, END, Entry, Skip, render, without_shadowing};
 
 /// Where a file's managed blocks are.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,13 +87,29 @@ pub fn apply(content: &[u8], block: &str) -> Vec<u8> {
 }
 
 /// The body lines of a rendered block (between its marker lines).
+#[cfg(test)]
 fn body_of(block: &[u8]) -> Vec<u8> {
-    let body = split(block).body.unwrap_or_default();
-    body.split_inclusive(|&b| b == b'\n')
+    let mut out = Vec::new();
+    for line in body_lines(block) {
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// The lines of a block's body, padding left out.
+fn body_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut lines = block.split_inclusive(|&b| b == b'\n');
+    // Up to and including the BEGIN line, then until the END line.
+    let _ = lines.find(|l| line_is(l, BEGIN, true));
+    lines
+        .take_while(|l| !line_is(l, END, false))
         .filter(|line| !is_padding(line))
-        .flatten()
-        .copied()
-        .collect()
+}
+
+/// Whether two blocks list the same lines (padding and the BEGIN line aside), compared
+/// without copying them.
+fn same_body(a: &[u8], b: &[u8]) -> bool {
+    body_lines(a).eq(body_lines(b))
 }
 
 /// A padding line: '#', spaces, newline (see [`HostsFile::write`]).
@@ -192,6 +210,25 @@ impl HostsFile {
     /// [`replace`] and [`write_in_place`] for how, and for the window that remains);
     /// a write that finds the file changed under it starts over.
     pub fn write(&mut self, block: &str) -> io::Result<Written> {
+        self.write_with(&mut |reported, outside| {
+            let (block, skipped) = without_shadowing(block, outside);
+            report(reported, skipped);
+            block
+        })
+    }
+
+    /// Makes the file's block list `list` (as [`write`](HostsFile::write) would write its
+    /// rendering), leaving out what would shadow a name without parsing any text again.
+    pub fn write_entries(&mut self, list: &[Entry], now: SystemTime) -> io::Result<Written> {
+        self.write_with(&mut |reported, outside| {
+            let (kept, skipped) = super::unshadowed(list, outside);
+            report(reported, skipped);
+            render(kept.as_deref().unwrap_or(list), now)
+        })
+    }
+
+    /// [`write`](HostsFile::write) with the block made by `make` from the lines outside it.
+    fn write_with(&mut self, make: &mut MakeBlock<'_>) -> io::Result<Written> {
         let target = std::fs::canonicalize(&self.path)?;
         if let Some((old, seen)) = &mut self.replaced {
             *seen = carry_over(old, *seen, &target)?;
@@ -200,10 +237,10 @@ impl HostsFile {
             let file = open_regular(&target, OpenOptions::new().read(true))?;
             let current = read_all(&file)?;
             let split = split(&current);
-            let block = self.listable(block, &split.outside);
+            let block = make(&mut self.reported, &split.outside);
             if split.blocks == 1
                 && split.first_block == split.outside.len()
-                && body_of(&current[split.first_block..]) == body_of(block.as_bytes())
+                && same_body(&current[split.first_block..], block.as_bytes())
             {
                 return Ok(Written::Unchanged);
             }
@@ -231,22 +268,22 @@ impl HostsFile {
             target.display()
         )))
     }
+}
 
-    /// `block` less the names it must not carry given the lines `outside` it; each
-    /// name left out is logged once (per reason).
-    fn listable(&mut self, block: &str, outside: &[u8]) -> String {
-        let (block, skipped) = without_shadowing(block, outside);
-        for s in skipped {
-            if self.reported.insert((s.name.clone(), s.why)) {
-                log::info!(
-                    "hosts: not listing {:?} for {}: {}",
-                    s.name,
-                    s.ip,
-                    s.why.reason()
-                );
-            }
+/// Makes a block from the lines outside it, noting what it leaves out in the set.
+type MakeBlock<'a> = dyn FnMut(&mut BTreeSet<(String, Skip)>, &[u8]) -> String + 'a;
+
+/// Logs each name left out once (per reason).
+fn report(reported: &mut BTreeSet<(String, Skip)>, skipped: Vec<super::Skipped>) {
+    for s in skipped {
+        if reported.insert((s.name.clone(), s.why)) {
+            log::info!(
+                "hosts: not listing {:?} for {}: {}",
+                s.name,
+                s.ip,
+                s.why.reason()
+            );
         }
-        block
     }
 }
 
@@ -274,12 +311,19 @@ pub(super) fn open_regular(path: &Path, opts: &mut OpenOptions) -> io::Result<Fi
 
 /// The whole content of `file`, read from its start.
 pub(super) fn read_all(file: &File) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
+    let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut out = vec![0u8; size + 1];
+    let mut len = 0;
     loop {
-        match file.read_at(&mut buf, out.len() as u64) {
-            Ok(0) => return Ok(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+        if len == out.len() {
+            out.resize(len * 2 + 8192, 0);
+        }
+        match file.read_at(&mut out[len..], len as u64) {
+            Ok(0) => {
+                out.truncate(len);
+                return Ok(out);
+            }
+            Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -10,13 +10,13 @@ pub mod file;
 mod inplace;
 pub mod sync;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 pub use file::{HostsFile, Split, Written, apply, split};
 
-use crate::localapi::{BackendState, PeerStatus, Status};
+use crate::localapi::{BackendState, NetMap, Status};
 
 /// Start of the BEGIN marker line (the rest of the line says how many names and when).
 pub const BEGIN: &str = "# BEGIN tsinit managed block";
@@ -44,7 +44,11 @@ pub struct Entry {
 /// 253 in all. Anything else (spaces, '#', newlines, control or non-ASCII characters,
 /// too long) is refused.
 pub fn dns_name(name: &str) -> Option<String> {
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let name = match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => name.to_ascii_lowercase(),
+        false => name.to_string(),
+    };
     let ok_label = |l: &str| {
         (1..=63).contains(&l.len())
             && l.bytes()
@@ -81,20 +85,75 @@ pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
         .self_
         .iter()
         .map(|s| (s, true))
-        .chain(status.peer.values().map(|p| (p, false)));
+        .chain(status.peer.values().map(|p| (p, false)))
+        .map(|(node, is_self)| Node {
+            dns_name: &node.dns_name,
+            ips: node
+                .tailscale_ips
+                .iter()
+                .filter_map(|ip| match ip.parse::<IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        log::debug!(
+                            "hosts: dropping {:?}: {ip:?} is not an IP address",
+                            node.dns_name
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            online: node.online,
+            is_self,
+        });
+    entries_of(nodes, own_suffix(status).as_deref(), opts)
+}
+
+/// The entries for a netmap the IPN bus delivered, in `state` (see [`entries`]).
+pub fn entries_from_netmap(netmap: &NetMap, state: BackendState, opts: Options) -> Vec<Entry> {
+    if !state.logged_in() {
+        return Vec::new();
+    }
+    fn node(n: &crate::localapi::Node, is_self: bool) -> Node<'_> {
+        Node {
+            dns_name: &n.name,
+            ips: n.addresses.clone(),
+            online: is_self || n.online.unwrap_or(false),
+            is_self,
+        }
+    }
+    let me = netmap.self_node.as_ref();
+    let suffix = me
+        .and_then(|m| dns_name(&m.name))
+        .and_then(|m| m.split_once('.').map(|(_, rest)| rest.to_string()));
+    let nodes = me
+        .map(|m| node(m, true))
+        .into_iter()
+        .chain(netmap.peers.iter().map(|p| node(p, false)));
+    entries_of(nodes, suffix.as_deref(), opts)
+}
+
+/// A node as the block needs it.
+struct Node<'a> {
+    dns_name: &'a str,
+    ips: Vec<IpAddr>,
+    online: bool,
+    is_self: bool,
+}
+
+fn entries_of<'a>(
+    nodes: impl Iterator<Item = Node<'a>>,
+    suffix: Option<&str>,
+    opts: Options,
+) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
-    for (node, is_self) in nodes {
-        if !is_self && opts.online_only && !node.online {
+    for node in nodes {
+        if !node.is_self && opts.online_only && !node.online {
             continue;
         }
-        let Some(fqdn) = valid_name(node) else {
+        let Some(fqdn) = valid_name(node.dns_name) else {
             continue;
         };
-        for ip in &node.tailscale_ips {
-            let Ok(ip) = ip.parse::<IpAddr>() else {
-                log::debug!("hosts: dropping {fqdn}: {ip:?} is not an IP address");
-                continue;
-            };
+        for ip in node.ips {
             if !tailscale_ip(&ip) {
                 log::debug!("hosts: dropping {fqdn}: {ip} is outside the Tailscale ranges");
                 continue;
@@ -110,7 +169,7 @@ pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
         }
     }
     if opts.short_names {
-        add_short_names(&mut out, own_suffix(status).as_deref());
+        add_short_names(&mut out, suffix);
     }
     out.sort_unstable();
     out.dedup();
@@ -148,33 +207,42 @@ fn short_name<'a>(fqdn: &'a str, suffix: Option<&str>) -> Option<&'a str> {
 /// Gives each entry of the own tailnet its short name, unless two machines share it (then
 /// it is left out rather than guessed).
 fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
-    let mut owners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for e in entries.iter() {
-        if let Some(short) = short_name(&e.fqdn, suffix) {
-            owners.entry(short).or_default().insert(&e.fqdn);
-        }
-    }
-    let unique: BTreeSet<String> = owners
-        .into_iter()
-        .filter(|(_, o)| o.len() == 1)
-        .map(|(s, _)| s.to_string())
+    // (short name, full name) once per machine, sorted: a short name is unique when
+    // its neighbours have another one.
+    let mut pairs: Vec<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| Some((short_name(&e.fqdn, suffix)?, e.fqdn.as_str())))
         .collect();
-    for e in entries.iter_mut() {
-        e.short = short_name(&e.fqdn, suffix)
-            .filter(|s| unique.contains(*s))
-            .map(str::to_string);
+    pairs.sort_unstable();
+    pairs.dedup();
+    let unique: BTreeSet<&str> = pairs
+        .iter()
+        .enumerate()
+        .filter(|(i, (short, _))| {
+            let same = |j: usize| pairs.get(j).is_some_and(|(s, _)| s == short);
+            !(i.checked_sub(1).is_some_and(same) || same(i + 1))
+        })
+        .map(|(_, (short, _))| *short)
+        .collect();
+    let shorts: Vec<Option<String>> = entries
+        .iter()
+        .map(|e| {
+            short_name(&e.fqdn, suffix)
+                .filter(|s| unique.contains(s))
+                .map(str::to_string)
+        })
+        .collect();
+    for (e, short) in entries.iter_mut().zip(shorts) {
+        e.short = short;
     }
 }
 
-fn valid_name(node: &PeerStatus) -> Option<String> {
-    let name = dns_name(&node.dns_name);
-    if name.is_none() {
-        log::debug!(
-            "hosts: dropping a node whose name {:?} is not a valid DNS name",
-            node.dns_name
-        );
+fn valid_name(name: &str) -> Option<String> {
+    let valid = dns_name(name);
+    if valid.is_none() {
+        log::debug!("hosts: dropping a node whose name {name:?} is not a valid DNS name");
     }
-    name
+    valid
 }
 
 /// The block's text for `entries`, with its leading newline (see the module comment).
@@ -221,8 +289,11 @@ fn fold(name: &str) -> String {
 
 /// Whether `name` is reserved (see [`RESERVED`]) or under "localhost.".
 pub fn reserved(name: &str) -> bool {
-    let name = fold(name);
-    RESERVED.contains(&name.as_str()) || name.ends_with(".localhost")
+    let folded = |n: &str| RESERVED.contains(&n) || n.ends_with(".localhost");
+    match name.bytes().any(|b| b.is_ascii_uppercase()) || name.ends_with('.') {
+        true => folded(&fold(name)),
+        false => folded(name),
+    }
 }
 
 /// The names (folded) the lines of `outside` map: each line is `address name [alias...]`,
@@ -325,6 +396,48 @@ pub fn without_shadowing(block: &str, outside: &[u8]) -> (String, Vec<Skipped>) 
         }
     }
     (lines.concat(), skipped)
+}
+
+/// `list` without what would shadow a name (see [`without_shadowing`]), for entries
+/// from [`entries`] (names already folded): a line whose full name goes is dropped, a
+/// short name that goes leaves its line with the full name.
+/// `None`: nothing to leave out, `list` as it is.
+pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Skipped>) {
+    let mapped = mapped_names(outside);
+    let skip = |name: &str| {
+        if reserved(name) {
+            Some(Skip::Reserved)
+        } else {
+            mapped.contains(name).then_some(Skip::Mapped)
+        }
+    };
+    let shadows =
+        |e: &Entry| skip(&e.fqdn).is_some() || e.short.as_deref().and_then(skip).is_some();
+    if !list.iter().any(shadows) {
+        return (None, Vec::new());
+    }
+    let mut kept = Vec::with_capacity(list.len());
+    let mut skipped = Vec::new();
+    let mut left_out = |name: &str, ip: &IpAddr, why| {
+        skipped.push(Skipped {
+            name: name.to_string(),
+            ip: ip.to_string(),
+            why,
+        })
+    };
+    for e in list {
+        if let Some(why) = skip(&e.fqdn) {
+            left_out(&e.fqdn, &e.ip, why);
+            continue;
+        }
+        let mut e = e.clone();
+        if let Some(why) = e.short.as_deref().and_then(skip) {
+            left_out(e.short.as_deref().unwrap_or_default(), &e.ip, why);
+            e.short = None;
+        }
+        kept.push(e);
+    }
+    (Some(kept), skipped)
 }
 
 /// A BEGIN line from [`render`] saying `names` names (any other line as it is).

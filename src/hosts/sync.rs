@@ -4,9 +4,9 @@
 
 use log::{debug, warn};
 
-use super::{HostsFile, Options, Written, entries, render};
+use super::{HostsFile, Options, Written, entries_from_netmap};
 use crate::config;
-use crate::localapi::{BackendState, Status};
+use crate::localapi::BackendState;
 use crate::tailscaled::View;
 
 /// The hosts file's block and how it is kept.
@@ -36,11 +36,10 @@ impl HostsSync {
     /// netmap).
     pub fn write_from(&mut self, view: &View) {
         let state = view.state.unwrap_or(BackendState::NoState);
-        let status = match &view.netmap {
-            Some(netmap) => netmap.to_status(state),
-            None => Status::default(),
+        let list = match &view.netmap {
+            Some(netmap) => entries_from_netmap(netmap, state, self.opts),
+            None => Vec::new(),
         };
-        let list = entries(&status, self.opts);
         self.write(&list);
     }
 
@@ -48,8 +47,7 @@ impl HostsSync {
         if self.stopped {
             return;
         }
-        let block = render(list, std::time::SystemTime::now());
-        match self.file.write(&block) {
+        match self.file.write_entries(list, std::time::SystemTime::now()) {
             Ok(Written::Unchanged) => {}
             Ok(_) => debug!(
                 "hosts: {} now lists {} entries",

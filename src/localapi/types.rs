@@ -2,6 +2,7 @@
 //! IPN bus notifications (only the fields tsinit uses; the rest is skipped unread).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer};
 
@@ -208,30 +209,93 @@ pub struct NetMap {
     pub dns: DnsConfig,
 }
 
-/// A node of the netmap (tailcfg.Node), the fields tsinit uses.
+/// A node of the netmap (tailcfg.Node), the fields tsinit uses. Read with as few
+/// allocations as it takes: a netmap of a big tailnet has thousands of them, and comes
+/// again with every change.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Node {
-    #[serde(rename = "StableID")]
-    pub stable_id: String,
     /// The DNS name, with its trailing dot.
     pub name: String,
-    /// Prefixes, e.g. "100.64.0.1/32".
-    #[serde(deserialize_with = "null_default")]
-    pub addresses: Vec<String>,
+    /// Its addresses (the prefixes' addresses; anything else is left out).
+    #[serde(deserialize_with = "prefix_addresses")]
+    pub addresses: Vec<IpAddr>,
     pub online: Option<bool>,
-    /// The node's capabilities (keys only).
-    #[serde(deserialize_with = "null_default")]
-    pub cap_map: BTreeMap<String, Skipped>,
 }
 
-/// A JSON value skipped unread (only its presence counts).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Skipped;
+/// The addresses of a list of prefixes ("100.64.0.1/32"), read without copying them;
+/// null is no address.
+fn prefix_addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    struct Prefixes;
+    impl<'de> serde::de::Visitor<'de> for Prefixes {
+        type Value = Vec<IpAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of address prefixes")
+        }
+        fn visit_unit<E>(self) -> Result<Vec<IpAddr>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E>(self) -> Result<Vec<IpAddr>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<IpAddr>, A::Error> {
+            let mut out = Vec::with_capacity(2);
+            while let Some(Text(prefix)) = seq.next_element::<Text<'de>>()? {
+                let addr = prefix.split('/').next().unwrap_or_default();
+                if let Ok(ip) = addr.parse() {
+                    out.push(ip);
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_option(OptionalSeq(Prefixes))
+}
 
-impl<'de> Deserialize<'de> for Skipped {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skipped, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| Skipped)
+/// A string, borrowed from the input where it can be (no escapes in it).
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Turns `Some(seq)` into the inner visitor's seq (serde's option handling for a field
+/// read with `deserialize_with`).
+struct OptionalSeq<V>(V);
+
+impl<'de, V: serde::de::Visitor<'de, Value = Vec<IpAddr>>> serde::de::Visitor<'de>
+    for OptionalSeq<V>
+{
+    type Value = Vec<IpAddr>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+    fn visit_none<E>(self) -> Result<Vec<IpAddr>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_unit<E>(self) -> Result<Vec<IpAddr>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<IpAddr>, D::Error> {
+        d.deserialize_seq(self.0)
     }
 }
 
@@ -241,49 +305,4 @@ impl<'de> Deserialize<'de> for Skipped {
 pub struct DnsConfig {
     #[serde(deserialize_with = "null_default")]
     pub cert_domains: Vec<String>,
-}
-
-impl Node {
-    /// The node as the status lists it: its addresses without the prefix length.
-    fn as_peer_status(&self) -> PeerStatus {
-        PeerStatus {
-            id: self.stable_id.clone(),
-            dns_name: self.name.clone(),
-            tailscale_ips: self
-                .addresses
-                .iter()
-                .map(|a| a.split('/').next().unwrap_or_default().to_string())
-                .collect(),
-            online: self.online.unwrap_or(false),
-            cap_map: self
-                .cap_map
-                .keys()
-                .map(|k| (k.clone(), serde_json::Value::Null))
-                .collect(),
-            ..PeerStatus::default()
-        }
-    }
-}
-
-impl NetMap {
-    /// What the status would say in `state` with this netmap: this node, its peers, the
-    /// certificate domains (the rest is left empty).
-    pub fn to_status(&self, state: BackendState) -> Status {
-        let me = self.self_node.as_ref().map(Node::as_peer_status);
-        Status {
-            backend_state: state.name().to_string(),
-            tailscale_ips: me
-                .as_ref()
-                .map(|m| m.tailscale_ips.clone())
-                .unwrap_or_default(),
-            self_: me.map(|m| PeerStatus { online: true, ..m }),
-            peer: self
-                .peers
-                .iter()
-                .map(|p| (p.stable_id.clone(), p.as_peer_status()))
-                .collect(),
-            cert_domains: self.dns.cert_domains.clone(),
-            ..Status::default()
-        }
-    }
 }

@@ -67,7 +67,7 @@ pub fn tailscaled_args(t: &config::Tailscale, userspace: bool) -> Vec<String> {
 }
 
 /// Starts `binary` as tailscaled for `cfg`, reaped by `init`. A socket left by a killed
-/// tailscaled is removed first (the caller made sure nobody answers on it).
+/// tailscaled is removed first; one something answers on is refused.
 pub fn spawn(
     init: &mut Init,
     binary: &Path,
@@ -87,6 +87,9 @@ pub fn spawn(
     if let Err(e) = std::fs::write(mode_file(&cfg.socket), format!("{mode_note}\n")) {
         debug!("cannot note the networking mode for `tsinit status`: {e}");
     }
+    // A socket left by a tailscaled that was killed answers nothing; one that answers
+    // belongs to a daemon tsinit did not start.
+    super::prepare::refuse_live_socket(&cfg.socket).map_err(|e| e.to_string())?;
     if std::fs::symlink_metadata(&cfg.socket).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(&cfg.socket).map_err(|e| failed("remove the stale socket", e))?;
     }

@@ -31,6 +31,8 @@ use daemon::Daemon;
 
 /// The longest wait between two restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The shortest time between two writes of the hosts block while the workload runs.
+const HOSTS_INTERVAL: Duration = Duration::from_millis(40);
 /// How long a lost LocalAPI connection waits for tailscaled's exit to explain it.
 const GONE_WAIT: Duration = Duration::from_secs(1);
 
@@ -95,6 +97,10 @@ pub struct Tailscaled {
     pub(crate) retrying: bool,
     /// A serve problem of the bring-up under way, reported after SSH's.
     pub(crate) served: Option<String>,
+    /// The netmap changed since the hosts block was written.
+    hosts_due: bool,
+    /// When the hosts block may be written again.
+    hosts_next: Option<Instant>,
 }
 
 impl Tailscaled {
@@ -123,6 +129,8 @@ impl Tailscaled {
             serve_due: false,
             retrying: false,
             served: None,
+            hosts_due: false,
+            hosts_next: None,
         })
     }
 
@@ -214,6 +222,7 @@ impl Tailscaled {
             && self.view.heard > 0
         {
             h.write_from(&self.view);
+            self.hosts_due = false;
         }
     }
 
@@ -323,7 +332,24 @@ impl Tailscaled {
             self.view.heard += 1;
             changed = true;
         }
-        if changed && let Some(h) = &mut self.hosts {
+        self.hosts_due |= changed && self.hosts.is_some();
+        self.write_hosts_if_due();
+    }
+
+    /// Writes the hosts block if the netmap changed since the last write, at most every
+    /// [`HOSTS_INTERVAL`] once the workload runs: in a burst of changes (a big tailnet
+    /// joining) one write follows several netmaps, the last one always.
+    fn write_hosts_if_due(&mut self) {
+        if !self.hosts_due {
+            return;
+        }
+        let now = Instant::now();
+        if self.phase == Phase::Steady && self.hosts_next.is_some_and(|at| now < at) {
+            return;
+        }
+        self.hosts_due = false;
+        self.hosts_next = Some(now + HOSTS_INTERVAL);
+        if let Some(h) = &mut self.hosts {
             h.write_from(&self.view);
         }
     }
@@ -394,10 +420,11 @@ impl Tailscaled {
 
 impl Service for Tailscaled {
     fn deadline(&self) -> Option<Instant> {
-        match (self.retry_at, self.step.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let hosts = self.hosts_next.filter(|_| self.hosts_due);
+        [self.retry_at, self.step.deadline(), hosts]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
@@ -420,6 +447,7 @@ impl Service for Tailscaled {
             self.schedule_retry();
         }
         self.take_events();
+        self.write_hosts_if_due();
         if self.retry_at.is_some_and(|at| at <= Instant::now()) {
             self.retry_at = None;
             if let Err(why) = self.begin(init) {

@@ -219,7 +219,7 @@ fn lock_state_dir(dir: &Path, hostname: &str) -> Result<nix::fcntl::Flock<File>,
 /// Refuses to start when a daemon answers on the LocalAPI socket already (one not
 /// started by a tsinit, which would hold the lock): only a socket nobody answers on is
 /// stale and may be removed.
-fn refuse_live_socket(socket: &Path) -> Result<(), Error> {
+pub(crate) fn refuse_live_socket(socket: &Path) -> Result<(), Error> {
     let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
     if is_socket && std::os::unix::net::UnixStream::connect(socket).is_ok() {
         return Err(Error::Unavailable(format!(
