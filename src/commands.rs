@@ -9,13 +9,27 @@ use crate::error::{EXIT_USAGE, Error};
 use crate::localapi::LocalApi;
 use crate::tailscaled;
 
-/// Prints a line on stdout. A stdout closed early (`tsinit status | head -1`, a
-/// HEALTHCHECK that stops reading) is no reason to fail, let alone to panic.
+/// Adds a line to the output (written once, at the end: a stdout closed early, as by
+/// `tsinit status | head -1` or a HEALTHCHECK that stops reading, is no reason to fail,
+/// let alone to panic).
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        OUT.with_borrow_mut(|out| {
+            use std::fmt::Write as _;
+            let _ = writeln!(out, $($arg)*);
+        })
     }};
+}
+
+thread_local! {
+    static OUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Writes what the subcommand said to stdout.
+fn flush() {
+    use std::io::Write as _;
+    let text = OUT.with_borrow_mut(std::mem::take);
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// The file, beside the LocalAPI socket, where tsinit notes the networking mode and why.
@@ -67,6 +81,7 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
         "status" => status(args),
         _ => Err(Error::Usage(format!("unknown subcommand `{name}`"))),
     };
+    flush();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -215,7 +215,8 @@ fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
-    let unique: BTreeSet<&str> = pairs
+    // Sorted, as `pairs` is.
+    let unique: Vec<&str> = pairs
         .iter()
         .enumerate()
         .filter(|(i, (short, _))| {
@@ -228,7 +229,7 @@ fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
         .iter()
         .map(|e| {
             short_name(&e.fqdn, suffix)
-                .filter(|s| unique.contains(s))
+                .filter(|s| unique.binary_search(s).is_ok())
                 .map(str::to_string)
         })
         .collect();
@@ -247,7 +248,9 @@ fn valid_name(name: &str) -> Option<String> {
 
 /// The block's text for `entries`, with its leading newline (see the module comment).
 pub fn render(entries: &[Entry], written: SystemTime) -> String {
-    let names: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.fqdn.as_str()).collect();
+    let mut names: Vec<&str> = entries.iter().map(|e| e.fqdn.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
     let mut out = format!(
         "\n{BEGIN} ({} names, written {}); edits here are lost\n",
         names.len(),

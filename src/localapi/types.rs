@@ -42,31 +42,31 @@ pub struct Status {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct PeerStatus {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub host_name: String,
     #[serde(rename = "DNSName")]
     pub dns_name: String,
     #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
     pub tailscale_ips: Vec<String>,
     pub online: bool,
-    #[serde(rename = "OS")]
-    pub os: String,
-    #[serde(deserialize_with = "null_default")]
-    pub tags: Vec<String>,
     /// The node's capabilities (keys only).
     #[serde(deserialize_with = "null_default")]
-    pub cap_map: BTreeMap<String, serde_json::Value>,
+    pub cap_map: BTreeMap<String, Skipped>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Tailnet {
-    pub name: String,
     #[serde(rename = "MagicDNSSuffix")]
     pub magic_dns_suffix: String,
-    #[serde(rename = "MagicDNSEnabled")]
-    pub magic_dns_enabled: bool,
+}
+
+/// A JSON value skipped unread (only its presence counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skipped, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Skipped)
+    }
 }
 
 /// GET /localapi/v0/prefs (the fields tsinit uses).

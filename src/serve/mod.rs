@@ -55,10 +55,11 @@ impl Fragment {
         let mut out = Map::new();
         for (name, map) in self.sections() {
             if !map.is_empty() {
-                out.insert(
-                    name.to_string(),
-                    Value::Object(map.clone().into_iter().collect()),
-                );
+                let mut section = Map::new();
+                for (k, v) in map {
+                    section.insert(k.clone(), v.clone());
+                }
+                out.insert(name.to_string(), Value::Object(section));
             }
         }
         Value::Object(out)
