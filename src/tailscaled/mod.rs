@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod cli;
 pub mod daemon;
+mod events;
 pub mod prepare;
 pub mod ready;
 
@@ -26,7 +27,7 @@ use crate::error::Error;
 use crate::hosts::sync::HostsSync;
 use crate::init::{Init, Service, describe};
 use crate::localapi::{BackendState, NetMap, Prefs};
-use bus::{Bus, BusEvent};
+use bus::Bus;
 use daemon::Daemon;
 
 /// The longest wait between two restarts.
@@ -282,75 +283,6 @@ impl Tailscaled {
         match Bus::start(&self.cfg.socket) {
             Ok(bus) => self.bus = Some(bus),
             Err(e) => warn!("cannot follow tailscaled's IPN bus: {e}"),
-        }
-    }
-
-    /// Reads the files watched and the bus's events, and brings the hosts block in step
-    /// with the latest netmap (once, however many events came).
-    fn take_events(&mut self) {
-        let mut serve_file = false;
-        let name = self.p.serve.file.as_ref().and_then(|p| p.file_name());
-        while let Ok(events) = self.inotify.read_events() {
-            if events.is_empty() {
-                break;
-            }
-            serve_file |= events.iter().any(|e| {
-                Some(e.wd) == self.serve_watch
-                    && e.name
-                        .as_deref()
-                        .is_some_and(|n| Some(n) == name || n == "..data")
-            });
-        }
-        self.serve_due |= serve_file;
-        let Some(bus) = &mut self.bus else {
-            return;
-        };
-        let mut changed = false;
-        for event in bus.drain() {
-            match event {
-                BusEvent::Connected(_) => continue,
-                BusEvent::State(state) => {
-                    debug!("tailscaled state: {state}");
-                    self.view.state = Some(state);
-                }
-                BusEvent::Prefs(prefs) => self.view.prefs = Some(*prefs),
-                BusEvent::NetMap(netmap) => {
-                    let old = self.view.dns_name().to_string();
-                    self.view.netmap = Some(*netmap);
-                    let new = self.view.dns_name();
-                    if !old.is_empty() && !new.is_empty() && new != old {
-                        debug!("control renamed the node: {old} -> {new}");
-                        self.serve_due |= self.phase == Phase::Steady;
-                    }
-                }
-                BusEvent::Ended(why) => {
-                    debug!("IPN bus ended: {why}");
-                    self.bus = None;
-                    break;
-                }
-            }
-            self.view.heard += 1;
-            changed = true;
-        }
-        self.hosts_due |= changed && self.hosts.is_some();
-        self.write_hosts_if_due();
-    }
-
-    /// Writes the hosts block if the netmap changed since the last write, at most every
-    /// [`HOSTS_INTERVAL`] once the workload runs: in a burst of changes (a big tailnet
-    /// joining) one write follows several netmaps, the last one always.
-    fn write_hosts_if_due(&mut self) {
-        if !self.hosts_due {
-            return;
-        }
-        let now = Instant::now();
-        if self.phase == Phase::Steady && self.hosts_next.is_some_and(|at| now < at) {
-            return;
-        }
-        self.hosts_due = false;
-        self.hosts_next = Some(now + HOSTS_INTERVAL);
-        if let Some(h) = &mut self.hosts {
-            h.write_from(&self.view);
         }
     }
 

@@ -1,0 +1,81 @@
+//! What happens while nothing is under way: the files watched (the serve config) and the
+//! IPN bus's events taken in on the main thread, and the hosts block written from the
+//! latest netmap.
+
+use std::time::Instant;
+
+use log::debug;
+
+use super::bus::BusEvent;
+use super::{HOSTS_INTERVAL, Phase, Tailscaled};
+
+impl Tailscaled {
+    /// Reads the files watched and the bus's events, and brings the hosts block in step
+    /// with the latest netmap (once, however many events came).
+    pub(super) fn take_events(&mut self) {
+        let mut serve_file = false;
+        let name = self.p.serve.file.as_ref().and_then(|p| p.file_name());
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            serve_file |= events.iter().any(|e| {
+                Some(e.wd) == self.serve_watch
+                    && e.name
+                        .as_deref()
+                        .is_some_and(|n| Some(n) == name || n == "..data")
+            });
+        }
+        self.serve_due |= serve_file;
+        let Some(bus) = &mut self.bus else {
+            return;
+        };
+        let mut changed = false;
+        for event in bus.drain() {
+            match event {
+                BusEvent::Connected(_) => continue,
+                BusEvent::State(state) => {
+                    debug!("tailscaled state: {state}");
+                    self.view.state = Some(state);
+                }
+                BusEvent::Prefs(prefs) => self.view.prefs = Some(*prefs),
+                BusEvent::NetMap(netmap) => {
+                    let old = self.view.dns_name().to_string();
+                    self.view.netmap = Some(*netmap);
+                    let new = self.view.dns_name();
+                    if !old.is_empty() && !new.is_empty() && new != old {
+                        debug!("control renamed the node: {old} -> {new}");
+                        self.serve_due |= self.phase == Phase::Steady;
+                    }
+                }
+                BusEvent::Ended(why) => {
+                    debug!("IPN bus ended: {why}");
+                    self.bus = None;
+                    break;
+                }
+            }
+            self.view.heard += 1;
+            changed = true;
+        }
+        self.hosts_due |= changed && self.hosts.is_some();
+        self.write_hosts_if_due();
+    }
+
+    /// Writes the hosts block if the netmap changed since the last write, at most every
+    /// [`HOSTS_INTERVAL`] once the workload runs: in a burst of changes (a big tailnet
+    /// joining) one write follows several netmaps, the last one always.
+    pub(super) fn write_hosts_if_due(&mut self) {
+        if !self.hosts_due {
+            return;
+        }
+        let now = Instant::now();
+        if self.phase == Phase::Steady && self.hosts_next.is_some_and(|at| now < at) {
+            return;
+        }
+        self.hosts_due = false;
+        self.hosts_next = Some(now + HOSTS_INTERVAL);
+        if let Some(h) = &mut self.hosts {
+            h.write_from(&self.view);
+        }
+    }
+}
