@@ -7,7 +7,7 @@ use std::time::Instant;
 use log::debug;
 
 use super::bus::BusEvent;
-use super::{HOSTS_INTERVAL, Phase, Tailscaled};
+use super::{HOSTS_PAUSE, Phase, Tailscaled};
 
 impl Tailscaled {
     /// Reads the files watched and the bus's events, and brings the hosts block in step
@@ -61,9 +61,11 @@ impl Tailscaled {
         self.write_hosts_if_due();
     }
 
-    /// Writes the hosts block if the netmap changed since the last write, at most every
-    /// [`HOSTS_INTERVAL`] once the workload runs: in a burst of changes (a big tailnet
-    /// joining) one write follows several netmaps, the last one always.
+    /// Writes the hosts block if the netmap changed since the last write. Once the
+    /// workload runs, the next write waits [`HOSTS_PAUSE`] times as long as this one
+    /// took: a single change is written at once, and in a burst of changes (a big tailnet
+    /// joining, where each write costs milliseconds) one write follows several netmaps,
+    /// the last one always.
     pub(super) fn write_hosts_if_due(&mut self) {
         if !self.hosts_due {
             return;
@@ -73,9 +75,10 @@ impl Tailscaled {
             return;
         }
         self.hosts_due = false;
-        self.hosts_next = Some(now + HOSTS_INTERVAL);
         if let Some(h) = &mut self.hosts {
             h.write_from(&self.view);
         }
+        let took = now.elapsed();
+        self.hosts_next = Some(Instant::now() + took * HOSTS_PAUSE);
     }
 }

@@ -32,8 +32,9 @@ use daemon::Daemon;
 
 /// The longest wait between two restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// The shortest time between two writes of the hosts block while the workload runs.
-const HOSTS_INTERVAL: Duration = Duration::from_millis(40);
+/// How many times as long as a write of the hosts block took tsinit waits before the
+/// next one while the workload runs (so writes take at most a fifth of the time).
+const HOSTS_PAUSE: u32 = 4;
 /// How long a lost LocalAPI connection waits for tailscaled's exit to explain it.
 const GONE_WAIT: Duration = Duration::from_secs(1);
 
