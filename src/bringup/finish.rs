@@ -29,7 +29,7 @@ impl Tailscaled {
         match Job::start(&self.p.serve, &self.cfg.socket) {
             Ok(Some(job)) => Ok(Step::Serve(Box::new(job))),
             Ok(None) => self.ssh(None),
-            Err(JobError::Hung(m)) => Err(Failure::Hung(m)),
+            Err(JobError::Hung(what)) => Err(Failure::Unanswered { what }),
             Err(JobError::Failed(m)) => self.ssh(Some(m)),
         }
     }
@@ -44,7 +44,7 @@ impl Tailscaled {
         }
         let status = self.status_request()?;
         let prefs = Request::get(&self.cfg.socket, PREFS)
-            .map_err(|e| Failure::Finish(format!("cannot read tailscale's prefs: {e}")))?;
+            .map_err(|e| Failure::Ssh(format!("cannot read tailscale's prefs: {e}")))?;
         Ok(Step::Ssh {
             status,
             prefs,
@@ -58,7 +58,7 @@ impl Tailscaled {
         mut prefs: Request,
         mut got: Box<(Option<Status>, Option<Prefs>)>,
     ) -> (Step, Option<Result<bool, Failure>>) {
-        let finish = |why: String| (Step::Idle, Some(Err(Failure::Finish(why))));
+        let finish = |why: String| (Step::Idle, Some(Err(Failure::Ssh(why))));
         if got.0.is_none() {
             match status.poll() {
                 Answer::Pending => {}
@@ -113,7 +113,7 @@ impl Tailscaled {
     /// The end of a bring-up: a serve problem held back is reported now.
     fn done(&mut self) -> Result<Step, Failure> {
         match self.served.take() {
-            Some(why) => Err(Failure::Finish(why)),
+            Some(why) => Err(Failure::Serve(why)),
             None => Ok(Step::Idle),
         }
     }
@@ -133,12 +133,10 @@ impl Tailscaled {
             .split_once("Error: ")
             .map_or(problem.as_str(), |(_, e)| e);
         let state = self.cfg.state_dir.join("tailscaled.state");
-        Err(Failure::Bringup(format!(
-            "tailscaled cannot read its state: {why}\nfix: if {} is damaged, move it aside \
-             (keep it: it holds the node's keys) and start again; the node then logs in as a \
-             new machine (with an auth key)\ntailscaled's last lines:\n{}",
-            state.display(),
-            self.last_lines()
-        )))
+        Err(Failure::StateStore {
+            why: why.to_string(),
+            path: state,
+            tail: self.last_lines(),
+        })
     }
 }

@@ -67,28 +67,20 @@ impl Tailscaled {
         match step {
             Step::Idle => (Step::Idle, Some(Ok(false))),
             Step::Ready(mut w) => match w.poll(&self.inotify) {
-                Err(why) => fail(Failure::Bringup(why)),
+                Err(why) => fail(Failure::Start(why)),
                 Ok(Some(status)) => go(self.answered(status)),
-                Ok(None) if Instant::now() >= w.deadline => fail(Failure::Hung(format!(
-                    "tailscaled did not answer within {} (tailscale.boot_timeout); its last lines:\n{}",
-                    duration::format(self.cfg.boot_timeout),
-                    self.last_lines()
-                ))),
+                Ok(None) if Instant::now() >= w.deadline => fail(Failure::NotReady {
+                    limit: self.cfg.boot_timeout,
+                    tail: self.last_lines(),
+                }),
                 Ok(None) => wait(Step::Ready(w)),
             },
             Step::Prefs { status, mut req } => match req.poll() {
                 Answer::Pending => wait(Step::Prefs { status, req }),
                 Answer::TimedOut => fail(hung(&req)),
-                Answer::Failed(e) if e.lost_connection() => {
-                    fail(Failure::Gone(format!("cannot read tailscale's prefs: {e}")))
-                }
-                Answer::Failed(e) => fail(Failure::Bringup(format!(
-                    "cannot read tailscale's prefs: {e}"
-                ))),
+                Answer::Failed(e) => fail(api("prefs", &e)),
                 Answer::Ok(resp) => match localapi::decode::<Prefs>(&resp, PREFS) {
-                    Err(e) => fail(Failure::Bringup(format!(
-                        "cannot read tailscale's prefs: {e}"
-                    ))),
+                    Err(e) => fail(api("prefs", &e)),
                     Ok(prefs) => go(self.with_prefs(*status, prefs, init)),
                 },
             },
@@ -101,48 +93,37 @@ impl Tailscaled {
             Step::Cli { mut run, up, flow } => match run.poll(init) {
                 None => wait(Step::Cli { run, up, flow }),
                 Some(ended) => match ended.failure(&run.shown) {
-                    Some(why) if matches!(ended, cli::Ended::TimedOut(_)) => {
-                        fail(Failure::Bringup(why))
-                    }
+                    Some(why) if matches!(ended, cli::Ended::TimedOut(_)) => fail(Failure::Cli {
+                        call: why,
+                        why: String::new(),
+                    }),
                     Some(_) => {
-                        let (prefix, cli) = match &ended {
-                            cli::Ended::Failed(exit, cli) => (
-                                format!(
+                        let failure = match &ended {
+                            cli::Ended::Failed(exit, cli) => Failure::Cli {
+                                call: format!(
                                     "tailscale {} failed ({})",
                                     run.shown,
                                     crate::init::describe(*exit)
                                 ),
-                                cli.clone(),
-                            ),
-                            _ => (String::new(), String::new()),
+                                why: cli.clone(),
+                            },
+                            _ => Failure::Start(format!("tailscale {} failed", run.shown)),
                         };
-                        go(self.explain(prefix, cli))
+                        go(self.explain(failure))
                     }
                     None if up => go(self.status_request().map(|req| Step::UpDone { req, flow })),
                     None => go(Ok(self.after_converge(flow))),
                 },
             },
-            Step::Explain {
-                prefix,
-                cli,
-                mut req,
-            } => {
+            Step::Explain { failure, mut req } => {
                 let health = match req.poll() {
-                    Answer::Pending => return wait(Step::Explain { prefix, cli, req }),
+                    Answer::Pending => return wait(Step::Explain { failure, req }),
                     Answer::Ok(resp) => localapi::decode::<Status>(&resp, STATUS)
                         .map(|s| s.health.join("; "))
                         .unwrap_or_default(),
                     Answer::TimedOut | Answer::Failed(_) => String::new(),
                 };
-                // The CLI's own words first (a bad flag, a refused value), then
-                // tailscaled's.
-                let why = match (cli.is_empty(), health.is_empty()) {
-                    (true, _) => health,
-                    (false, true) => cli,
-                    (false, false) => format!("{cli} (tailscaled says: {health})"),
-                };
-                let sep = if why.is_empty() { "" } else { ": " };
-                fail(Failure::Bringup(format!("{prefix}{sep}{why}")))
+                fail(with_health(*failure, health))
             }
             Step::UpDone { mut req, flow } => {
                 let ips = match req.poll() {
@@ -165,18 +146,17 @@ impl Tailscaled {
                             BackendState::Starting | BackendState::NoState | BackendState::Running
                         ) =>
                     {
-                        go(self.explain(
-                            format!("tailscaled went from Starting to {s}"),
-                            String::new(),
-                        ))
+                        go(self.explain(Failure::LeftStarting {
+                            state: s,
+                            health: String::new(),
+                        }))
                     }
-                    state if Instant::now() >= until => fail(Failure::Bringup(format!(
-                        "tailscaled is still in state {} after {} (tailscale.up_timeout); its \
-                         last lines:\n{}",
-                        state.unwrap_or(BackendState::Starting),
-                        duration::format(self.cfg.up_timeout),
-                        self.last_lines()
-                    ))),
+                    state if Instant::now() >= until => fail(Failure::Stuck {
+                        state: state.unwrap_or(BackendState::Starting).to_string(),
+                        setting: "tailscale.up_timeout",
+                        limit: self.cfg.up_timeout,
+                        tail: self.last_lines(),
+                    }),
                     _ => wait(Step::Running { until, flow }),
                 }
             }
@@ -204,7 +184,7 @@ impl Tailscaled {
             Step::Serve(mut job) => {
                 match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
                     None => wait(Step::Serve(job)),
-                    Some(Err(JobError::Hung(m))) => fail(Failure::Hung(m)),
+                    Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
                     Some(result) => {
                         let served = result.err().map(|e| e.to_string());
                         go(self.ssh(served))
@@ -215,8 +195,8 @@ impl Tailscaled {
                 match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
                     None => wait(Step::Reserve(job)),
                     Some(Ok(())) => (Step::Idle, None),
-                    Some(Err(JobError::Hung(m))) => fail(Failure::Hung(m)),
-                    Some(Err(JobError::Failed(m))) => fail(Failure::Finish(m)),
+                    Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
+                    Some(Err(JobError::Failed(m))) => fail(Failure::Serve(m)),
                 }
             }
             Step::Ssh { status, prefs, got } => self.ssh_answers(status, prefs, got),
@@ -227,8 +207,7 @@ impl Tailscaled {
     fn answered(&mut self, status: Status) -> Result<Step, Failure> {
         self.check_state_store(&status)?;
         self.follow_bus();
-        let req = Request::get(&self.cfg.socket, PREFS)
-            .map_err(|e| Failure::Gone(format!("cannot read tailscale's prefs: {e}")))?;
+        let req = Request::get(&self.cfg.socket, PREFS).map_err(|e| api("prefs", &e))?;
         Ok(Step::Prefs {
             status: Box::new(status),
             req,
@@ -256,10 +235,7 @@ impl Tailscaled {
                 until: Instant::now() + self.cfg.boot_timeout,
             }),
             Some(state) => self.converge(state, &prefs, init),
-            None => Err(Failure::Bringup(format!(
-                "tailscaled is in state {}, which tsinit cannot act on",
-                status.backend_state
-            ))),
+            None => Err(Failure::Unexpected(status.backend_state)),
         }
     }
 
@@ -302,13 +278,13 @@ impl Tailscaled {
             }
         }
         if Instant::now() >= until {
-            let why = format!(
-                "tailscaled is still in state NoState after {} (tailscale.boot_timeout); its \
-                 last lines:\n{}",
-                duration::format(self.cfg.boot_timeout),
-                self.last_lines()
-            );
-            return (Step::Idle, Some(Err(Failure::Bringup(why))));
+            let stuck = Failure::Stuck {
+                state: BackendState::NoState.to_string(),
+                setting: "tailscale.boot_timeout",
+                limit: self.cfg.boot_timeout,
+                tail: self.last_lines(),
+            };
+            return (Step::Idle, Some(Err(stuck)));
         }
         // Something happened on the bus: read the state again.
         let mut seen = heard;
@@ -382,14 +358,8 @@ impl Tailscaled {
                 let limit = self.cfg.up_timeout + Duration::from_secs(10);
                 self.run_cli(init, &full, secrets, limit, flow)
             }
-            Plan::NeedsApproval => Err(Failure::Bringup(
-                "this machine is waiting for approval: an admin of the tailnet must approve \
-                 it (Machines page of the admin console)"
-                    .to_string(),
-            )),
-            Plan::Unexpected(state) => Err(Failure::Bringup(format!(
-                "tailscaled is in state {state}, which tsinit cannot act on"
-            ))),
+            Plan::NeedsApproval => Err(Failure::NeedsApproval),
+            Plan::Unexpected(state) => Err(Failure::Unexpected(state)),
         }
     }
 
@@ -423,24 +393,23 @@ impl Tailscaled {
             &secrets,
             limit,
         )
-        .map_err(Failure::Bringup)?;
+        .map_err(Failure::Start)?;
         Ok(Step::Cli { run, up, flow })
     }
 
     /// Fails with `prefix` and `cli`'s words, once tailscaled's health is read.
-    fn explain(&self, prefix: String, cli: String) -> Result<Step, Failure> {
+    fn explain(&self, failure: Failure) -> Result<Step, Failure> {
         match Request::get(&self.cfg.socket, STATUS) {
-            Ok(req) => Ok(Step::Explain { prefix, cli, req }),
-            Err(_) => {
-                let sep = if cli.is_empty() { "" } else { ": " };
-                Err(Failure::Bringup(format!("{prefix}{sep}{cli}")))
-            }
+            Ok(req) => Ok(Step::Explain {
+                failure: Box::new(failure),
+                req,
+            }),
+            Err(_) => Err(failure),
         }
     }
 
     fn status_request(&self) -> Result<Request, Failure> {
-        Request::get(&self.cfg.socket, STATUS)
-            .map_err(|e| Failure::Bringup(format!("cannot read tailscale's status: {e}")))
+        Request::get(&self.cfg.socket, STATUS).map_err(|e| api("status", &e))
     }
 
     /// Settings are in step: a resumed login waits for Running (leaving Starting always
@@ -471,6 +440,32 @@ impl Tailscaled {
             .as_ref()
             .map(|d| d.last_lines())
             .unwrap_or_default()
+    }
+}
+
+/// A failed LocalAPI request for tailscale's `what`.
+fn api(what: &'static str, e: &localapi::ApiError) -> Failure {
+    Failure::Api {
+        what,
+        error: e.to_string(),
+        lost: e.lost_connection(),
+    }
+}
+
+/// `failure` with tailscaled's health messages: after the CLI's own words (a bad flag,
+/// a refused value), or as the reason a resumed login failed.
+fn with_health(failure: Failure, health: String) -> Failure {
+    match failure {
+        Failure::Cli { call, why } => {
+            let why = match (why.is_empty(), health.is_empty()) {
+                (true, _) => health,
+                (false, true) => why,
+                (false, false) => format!("{why} (tailscaled says: {health})"),
+            };
+            Failure::Cli { call, why }
+        }
+        Failure::LeftStarting { state, .. } => Failure::LeftStarting { state, health },
+        other => other,
     }
 }
 

@@ -134,7 +134,7 @@ pub struct Job {
 /// How a serve job failed.
 #[derive(Debug)]
 pub enum JobError {
-    /// tailscaled did not answer in time (it counts as hung).
+    /// tailscaled did not answer this request in time (it counts as hung).
     Hung(String),
     Failed(String),
 }
@@ -142,7 +142,12 @@ pub enum JobError {
 impl std::fmt::Display for JobError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            JobError::Hung(m) | JobError::Failed(m) => f.write_str(m),
+            JobError::Hung(what) => write!(
+                f,
+                "serve: tailscaled did not answer {what} within {}",
+                crate::duration::format(localapi::ANSWER_TIMEOUT)
+            ),
+            JobError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -188,13 +193,7 @@ impl Job {
         loop {
             let next = match self.request.poll() {
                 Answer::Pending => return None,
-                Answer::TimedOut => {
-                    return Some(Err(JobError::Hung(format!(
-                        "serve: tailscaled did not answer {} within {}",
-                        self.request.what,
-                        crate::duration::format(localapi::ANSWER_TIMEOUT)
-                    ))));
-                }
+                Answer::TimedOut => return Some(Err(JobError::Hung(self.request.what.clone()))),
                 Answer::Ok(resp) => self.advance(&resp, setup, socket, userspace),
                 Answer::Failed(e) => self.failed_answer(e, socket),
             };

@@ -188,7 +188,7 @@ impl Tailscaled {
             self.take_events();
             match self.advance(init) {
                 Some(Ok(())) => return Ok(()),
-                Some(Err(Failure::Gone(why))) => {
+                Some(Err(failure)) if failure.lost() => {
                     // The connection failed: if tailscaled is exiting, its exit (and
                     // last lines) is the better answer.
                     let exit = self.daemon.as_ref().and_then(|d| {
@@ -202,7 +202,7 @@ impl Tailscaled {
                             describe(exit)
                         )));
                     }
-                    return Err(BringupError::Failed(why));
+                    return Err(BringupError::Failed(failure.to_string()));
                 }
                 Some(Err(failure)) => return Err(BringupError::Failed(self.failed(failure))),
                 None => {}
@@ -291,19 +291,15 @@ impl Tailscaled {
     /// exit is seen, after the workload started). Returns the message.
     fn failed(&mut self, failure: Failure) -> String {
         self.step = Step::Idle;
-        match failure {
-            Failure::Hung(why) => {
-                if let Some(d) = &mut self.daemon
-                    && !d.killed
-                {
-                    warn!("tailscaled does not answer: killing it (SIGKILL)");
-                    crate::sys::kill(d.pid, libc::SIGKILL).ok();
-                    d.killed = true;
-                }
-                why
-            }
-            Failure::Bringup(why) | Failure::Finish(why) | Failure::Gone(why) => why,
+        if failure.hung()
+            && let Some(d) = &mut self.daemon
+            && !d.killed
+        {
+            warn!("tailscaled does not answer: killing it (SIGKILL)");
+            crate::sys::kill(d.pid, libc::SIGKILL).ok();
+            d.killed = true;
         }
+        failure.to_string()
     }
 
     /// Forgets the daemon that exited and what depended on it.
@@ -389,7 +385,7 @@ impl Service for Tailscaled {
             }
         }
         if let Some(result) = self.advance(init) {
-            let finishing = matches!(result, Err(Failure::Finish(_)));
+            let finishing = matches!(&result, Err(f) if f.finishing());
             match result {
                 Ok(()) => {}
                 // tailscaled is fine: a serve or SSH problem is only reported.
