@@ -7,7 +7,7 @@
 
 mod finish;
 pub mod identity;
-pub mod plan;
+pub(crate) mod plan;
 mod step;
 
 pub use step::{Failure, Step};

@@ -6,9 +6,9 @@
 //! END line; tsinit writes that leading newline itself, so removing the block gives back
 //! exactly the file as it was.
 
-pub mod file;
+pub(crate) mod file;
 mod inplace;
-pub mod sync;
+pub(crate) mod sync;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

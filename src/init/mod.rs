@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use log::{debug, error, info, warn};
 
-pub mod procs;
+pub(crate) mod procs;
 mod reaper;
 mod shutdown;
 

@@ -8,7 +8,7 @@
 //! removed from the configuration is removed from tailscaled, and whatever was served by
 //! hand (`tailscale serve ...`) on other ports is left alone.
 
-pub mod apply;
+pub(crate) mod apply;
 mod entry;
 
 pub use entry::{Entry, Proto, check, check_port};

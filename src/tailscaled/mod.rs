@@ -4,12 +4,12 @@
 //! the hosts block and the serve config. Nothing here blocks the main thread once the
 //! workload runs: LocalAPI requests are polled, CLI calls are reaped like any child.
 
-pub mod bus;
-pub mod cli;
-pub mod daemon;
+pub(crate) mod bus;
+pub(crate) mod cli;
+pub(crate) mod daemon;
 mod events;
-pub mod prepare;
-pub mod ready;
+pub(crate) mod prepare;
+pub(crate) mod ready;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
