@@ -245,8 +245,7 @@ impl HostsFile {
                 return Ok(Written::Unchanged);
             }
             if !self.writes_in_place(&target) {
-                let mut desired = split.outside.clone();
-                desired.extend_from_slice(block.as_bytes());
+                let desired = [&split.outside[..], block.as_bytes()];
                 match replace(&target, &file, &current, &desired)? {
                     Replaced::Done(seen) => {
                         self.replaced = Some((file, seen));
@@ -354,7 +353,7 @@ enum Replaced {
 /// lost, and so are lines written to the old file after the next write (by a writer
 /// that keeps the file open). On any error the file is left as it was and the temporary
 /// file removed.
-fn replace(target: &Path, old: &File, current: &[u8], desired: &[u8]) -> io::Result<Replaced> {
+fn replace(target: &Path, old: &File, current: &[u8], desired: &[&[u8]]) -> io::Result<Replaced> {
     let meta = old.metadata()?;
     let tmp = match create_temp(target, meta.permissions().mode() & 0o7777) {
         Ok(t) => t,
@@ -374,7 +373,9 @@ fn replace(target: &Path, old: &File, current: &[u8], desired: &[u8]) -> io::Res
     };
     let (mut f, tmp_path) = tmp;
     let renamed = (|| {
-        f.write_all(desired)?;
+        for part in desired {
+            f.write_all(part)?;
+        }
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
         f.set_permissions(meta.permissions())?;
         f.sync_all()?;
@@ -404,7 +405,21 @@ fn replace(target: &Path, old: &File, current: &[u8], desired: &[u8]) -> io::Res
 fn only_appended(old: &File, target: &Path, current: &[u8]) -> io::Result<bool> {
     let now = open_regular(target, OpenOptions::new().read(true))?;
     let (a, b) = (old.metadata()?, now.metadata()?);
-    Ok((a.dev(), a.ino()) == (b.dev(), b.ino()) && read_all(&now)?.starts_with(current))
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) || b.len() < current.len() as u64 {
+        return Ok(false);
+    }
+    // Compared a piece at a time: the file can be large, and only its start matters.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0;
+    while at < current.len() {
+        let want = (current.len() - at).min(buf.len());
+        now.read_exact_at(&mut buf[..want], at as u64)?;
+        if buf[..want] != current[at..at + want] {
+            return Ok(false);
+        }
+        at += want;
+    }
+    Ok(true)
 }
 
 /// Appends to `target` what `old` (the file it replaced) holds beyond `from`: lines
