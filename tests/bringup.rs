@@ -715,3 +715,48 @@ fn row11_a_restarted_daemon_that_hangs_neither_delays_signals_nor_stays() {
         !common::alive(hung)
     });
 }
+
+/// The IPN bus ends while tailscaled runs on: tsinit follows it again, and the hosts
+/// block keeps up with the netmap (control renames the node after the bus ended).
+#[test]
+fn row12_a_bus_that_ends_while_tailscaled_runs_is_followed_again() {
+    let s = Setup::new(
+        "bus-ends",
+        json!({
+            "state": "Running", "logged_in": true, "netmap": true, "prefs": in_step(json!({})),
+            "on_watch": [
+                {"after_ms": 100, "close_bus": true},
+                {"after_ms": 300, "dns_name": "web2.tail.example."}
+            ]
+        }),
+    );
+    let hosts = sh_quote(&s.path("hosts").display().to_string());
+    let script = format!(
+        "i=0; until grep -q ' web2.tail.example ' {hosts}; do \
+         i=$((i+1)); [ $i -lt 1000 ] || {{ cat {hosts}; exit 3; }}; sleep 0.01; done; \
+         echo renamed-seen"
+    );
+    let mut r = Running::start(s.tsinit(&script));
+    let code = r.code();
+    let log = s.requests();
+    assert_eq!(
+        code,
+        0,
+        "the rename never reached the hosts block:\n{}\n{}\n{}",
+        r.stdout(),
+        r.stderr(),
+        log.join("\n")
+    );
+    assert!(r.stdout().contains("renamed-seen"));
+    assert!(
+        log.iter().any(|l| l.ends_with("bus closed")),
+        "{}",
+        log.join("\n")
+    );
+    let watches = log.iter().filter(|l| l.contains("watch-ipn-bus")).count();
+    assert!(
+        watches >= 2,
+        "the bus was not followed again:\n{}",
+        log.join("\n")
+    );
+}

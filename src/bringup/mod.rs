@@ -175,7 +175,8 @@ impl Tailscaled {
                 }
             }
             Step::Settle { until } => {
-                if self.view.heard > 0 || Instant::now() >= until {
+                // Not waited for once the bus has ended (it will not be heard).
+                if self.view.heard > 0 || !self.follows_bus() || Instant::now() >= until {
                     go(self.finish())
                 } else {
                     wait(Step::Settle { until })

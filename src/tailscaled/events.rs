@@ -9,6 +9,9 @@ use log::debug;
 use super::bus::BusEvent;
 use super::{HOSTS_PAUSE, Phase, Tailscaled};
 
+/// How often the IPN bus is followed again after it ended while tailscaled ran.
+const MAX_BUS_RESTARTS: u32 = 3;
+
 impl Tailscaled {
     /// Reads the files watched and the bus's events, and brings the hosts block in step
     /// with the latest netmap (once, however many events came).
@@ -51,6 +54,14 @@ impl Tailscaled {
                 BusEvent::Ended(why) => {
                     debug!("IPN bus ended: {why}");
                     self.bus = None;
+                    // tailscaled still runs (its exit is handled elsewhere): follow its
+                    // bus again, a few times at most per tailscaled lifetime.
+                    if self.daemon.as_ref().is_some_and(|d| !d.killed)
+                        && self.bus_restarts < MAX_BUS_RESTARTS
+                    {
+                        self.bus_restarts += 1;
+                        self.follow_bus();
+                    }
                     break;
                 }
             }

@@ -103,6 +103,8 @@ pub struct Tailscaled {
     hosts_due: bool,
     /// When the hosts block may be written again.
     hosts_next: Option<Instant>,
+    /// How often the bus was followed again in this tailscaled's lifetime.
+    bus_restarts: u32,
 }
 
 impl Tailscaled {
@@ -133,6 +135,7 @@ impl Tailscaled {
             served: None,
             hosts_due: false,
             hosts_next: None,
+            bus_restarts: 0,
         })
     }
 
@@ -276,6 +279,11 @@ impl Tailscaled {
         Ok(())
     }
 
+    /// Whether an IPN bus follower runs.
+    pub(crate) fn follows_bus(&self) -> bool {
+        self.bus.is_some()
+    }
+
     /// Follows the bus of the tailscaled that just answered (once per lifetime).
     pub(crate) fn follow_bus(&mut self) {
         if self.bus.is_some() {
@@ -306,6 +314,7 @@ impl Tailscaled {
     fn lost_daemon(&mut self) {
         self.daemon = None;
         self.bus = None;
+        self.bus_restarts = 0;
         self.view = View::default();
         self.abandon_step();
     }

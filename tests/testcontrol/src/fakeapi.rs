@@ -151,6 +151,8 @@ pub struct Step {
     pub hang: bool,
     /// Exit the process with this status.
     pub exit: Option<i32>,
+    /// End the IPN bus streams open now (the daemon goes on; new watchers are served).
+    pub close_bus: bool,
 }
 
 /// What a CLI call does.
@@ -246,6 +248,8 @@ struct World {
     dying: bool,
     /// Connections held open unanswered while hung.
     held: Vec<UnixStream>,
+    /// Bumped to end the IPN bus streams open at that moment.
+    bus_epoch: u32,
 }
 
 struct Fake {
@@ -355,6 +359,7 @@ impl World {
             conflicted: false,
             dying: false,
             held: Vec::new(),
+            bus_epoch: 0,
             scenario,
             incarnation,
         }
@@ -573,6 +578,11 @@ fn run_steps(fake: &Fake, steps: &[Step]) {
         if step.hang {
             log("hanging: answering nothing from now on");
             w.hung = true;
+        }
+        if step.close_bus {
+            log("ending the IPN bus streams");
+            w.record("bus closed");
+            w.bus_epoch += 1;
         }
         fake.changed.notify_all();
         if let Some(code) = step.exit {
@@ -889,6 +899,7 @@ fn watch(fake: &Arc<Fake>, mut conn: UnixStream, mask: u64, what: &str) -> std::
         };
         (first, w.events.len(), on_watch)
     };
+    let epoch = fake.lock().bus_epoch;
     conn.write_all(
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
@@ -910,9 +921,15 @@ fn watch(fake: &Arc<Fake>, mut conn: UnixStream, mask: u64, what: &str) -> std::
             let (w, _) = fake
                 .changed
                 .wait_timeout_while(w, Duration::from_secs(1), |w| {
-                    w.events.len() <= next && !w.hung
+                    w.events.len() <= next && !w.hung && w.bus_epoch == epoch
                 })
                 .unwrap_or_else(|e| e.into_inner());
+            if w.bus_epoch != epoch {
+                drop(w);
+                // The end of the stream: the last chunk, then the connection closes.
+                conn.write_all(b"0\r\n\r\n")?;
+                return Ok(());
+            }
             if w.hung {
                 drop(w);
                 // Keeps the connection open and says nothing more.
