@@ -11,6 +11,23 @@ use crate::localapi::{self, Answer, PREFS, Prefs, Request, SSH_CAPABILITY, STATU
 use crate::serve::apply::{Job, JobError};
 use crate::tailscaled::{Phase, Tailscaled};
 
+/// `req`'s answer decoded as JSON (`None` while it is pending); a failed or undecodable
+/// answer as `fail` words it, no answer in time as tailscaled hung.
+fn answer<T: serde::de::DeserializeOwned>(
+    req: &mut Request,
+    path: &str,
+    fail: impl Fn(String) -> Failure,
+) -> Result<Option<T>, Failure> {
+    match req.poll() {
+        Answer::Pending => Ok(None),
+        Answer::TimedOut => Err(hung(req)),
+        Answer::Failed(e) => Err(fail(e.to_string())),
+        Answer::Ok(resp) => localapi::decode(&resp, path)
+            .map(Some)
+            .map_err(|e| fail(e.to_string())),
+    }
+}
+
 impl Tailscaled {
     /// The node is up; the bus's first notification (and so the hosts block) is awaited.
     pub(super) fn settle(&mut self) -> Step {
@@ -59,26 +76,19 @@ impl Tailscaled {
         mut got: Box<(Option<Status>, Option<Prefs>)>,
     ) -> (Step, Option<Result<bool, Failure>>) {
         let finish = |why: String| (Step::Idle, Some(Err(Failure::Ssh(why))));
+        let read = |what: &'static str| {
+            move |e: String| Failure::Ssh(format!("cannot read tailscale's {what}: {e}"))
+        };
         if got.0.is_none() {
-            match status.poll() {
-                Answer::Pending => {}
-                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&status)))),
-                Answer::Failed(e) => return finish(format!("cannot read tailscale's status: {e}")),
-                Answer::Ok(resp) => match localapi::decode(&resp, STATUS) {
-                    Ok(s) => got.0 = Some(s),
-                    Err(e) => return finish(format!("cannot read tailscale's status: {e}")),
-                },
+            match answer(&mut status, STATUS, read("status")) {
+                Ok(s) => got.0 = s,
+                Err(f) => return (Step::Idle, Some(Err(f))),
             }
         }
         if got.1.is_none() {
-            match prefs.poll() {
-                Answer::Pending => {}
-                Answer::TimedOut => return (Step::Idle, Some(Err(hung(&prefs)))),
-                Answer::Failed(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
-                Answer::Ok(resp) => match localapi::decode(&resp, PREFS) {
-                    Ok(p) => got.1 = Some(p),
-                    Err(e) => return finish(format!("cannot read tailscale's prefs: {e}")),
-                },
+            match answer(&mut prefs, PREFS, read("prefs")) {
+                Ok(p) => got.1 = p,
+                Err(f) => return (Step::Idle, Some(Err(f))),
             }
         }
         let (Some(s), Some(p)) = (&got.0, &got.1) else {

@@ -179,8 +179,6 @@ impl Status {
 pub mod notify {
     /// The first notification carries the current state.
     pub const INITIAL_STATE: u32 = 1 << 1;
-    /// The first notification carries the current prefs.
-    pub const INITIAL_PREFS: u32 = 1 << 2;
     /// The first notification carries the current netmap.
     pub const INITIAL_NETMAP: u32 = 1 << 3;
 }
@@ -194,7 +192,6 @@ pub const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
 pub struct Notify {
     /// The new or current state (its number).
     pub state: Option<u64>,
-    pub prefs: Option<Prefs>,
     pub net_map: Option<NetMap>,
 }
 

@@ -1,5 +1,5 @@
 //! The one IPN bus follower per tailscaled lifetime: a thread that reads tailscaled's
-//! notifications (state, prefs, netmap) and hands them to the main thread as events, over
+//! notifications (state, netmap) and hands them to the main thread as events, over
 //! a channel and one wake-up byte. It holds no state of tsinit's; the main thread owns
 //! everything and never waits for it.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::debug;
 
-use crate::localapi::{BackendState, LocalApi, NetMap, Notify, Prefs, notify};
+use crate::localapi::{BackendState, LocalApi, NetMap, Notify, notify};
 
 /// What the bus reports.
 #[derive(Debug)]
@@ -20,7 +20,6 @@ pub enum BusEvent {
     /// Following the bus (the connection, so the main thread can end it).
     Connected(UnixStream),
     State(BackendState),
-    Prefs(Box<Prefs>),
     NetMap(Box<NetMap>),
     /// The bus ended (tailscaled closed it or went away), and why.
     Ended(String),
@@ -91,7 +90,7 @@ fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
         w.write_all(&[1]).ok();
         sent
     };
-    let mask = notify::INITIAL_STATE | notify::INITIAL_PREFS | notify::INITIAL_NETMAP;
+    let mask = notify::INITIAL_STATE | notify::INITIAL_NETMAP;
     let mut bus = match LocalApi::new(socket, Some(CONNECT_TIMEOUT)).watch_ipn_bus(mask) {
         Ok(bus) => bus,
         Err(e) => {
@@ -133,9 +132,6 @@ fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
         let mut events = Vec::new();
         if let Some(state) = notification.state.and_then(BackendState::from_number) {
             events.push(BusEvent::State(state));
-        }
-        if let Some(prefs) = notification.prefs {
-            events.push(BusEvent::Prefs(Box::new(prefs)));
         }
         if let Some(netmap) = notification.net_map {
             events.push(BusEvent::NetMap(Box::new(netmap)));

@@ -41,7 +41,6 @@ impl Tailscaled {
                     debug!("tailscaled state: {state}");
                     self.view.state = Some(state);
                 }
-                BusEvent::Prefs(prefs) => self.view.prefs = Some(*prefs),
                 BusEvent::NetMap(netmap) => {
                     let old = self.view.dns_name().to_string();
                     self.view.netmap = Some(*netmap);

@@ -26,7 +26,7 @@ use crate::duration;
 use crate::error::Error;
 use crate::hosts::sync::HostsSync;
 use crate::init::{Init, Service, describe};
-use crate::localapi::{BackendState, NetMap, Prefs};
+use crate::localapi::{BackendState, NetMap};
 use bus::Bus;
 use daemon::Daemon;
 
@@ -51,7 +51,6 @@ pub enum Phase {
 #[derive(Debug, Default)]
 pub struct View {
     pub state: Option<BackendState>,
-    pub prefs: Option<Prefs>,
     pub netmap: Option<NetMap>,
     /// Notifications received from this tailscaled's bus.
     pub heard: u64,
