@@ -12,6 +12,7 @@ pub(crate) mod sync;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::SystemTime;
 
 pub use file::{HostsFile, Split, Written, apply, split};
@@ -34,9 +35,21 @@ pub struct Options {
 /// One line of the block.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
-    pub fqdn: String,
+    /// Shared by the lines of one machine.
+    pub fqdn: Rc<str>,
     pub ip: IpAddr,
-    pub short: Option<String>,
+    /// Whether the line also gives the short name (the first label of `fqdn`).
+    pub with_short: bool,
+}
+
+impl Entry {
+    /// The short name the line gives, if any.
+    pub fn short(&self) -> Option<&str> {
+        match self.with_short {
+            true => self.fqdn.split('.').next(),
+            false => None,
+        }
+    }
 }
 
 /// `name` (a DNS name, trailing dot allowed) lower-cased, if it is a valid DNS name:
@@ -153,6 +166,7 @@ fn entries_of<'a>(
         let Some(fqdn) = valid_name(node.dns_name) else {
             continue;
         };
+        let fqdn: Rc<str> = fqdn.into();
         for ip in node.ips {
             if !tailscale_ip(&ip) {
                 log::debug!("hosts: dropping {fqdn}: {ip} is outside the Tailscale ranges");
@@ -164,15 +178,15 @@ fn entries_of<'a>(
             out.push(Entry {
                 fqdn: fqdn.clone(),
                 ip,
-                short: None,
+                with_short: false,
             });
         }
     }
+    out.sort_unstable();
+    out.dedup();
     if opts.short_names {
         add_short_names(&mut out, suffix);
     }
-    out.sort_unstable();
-    out.dedup();
     out
 }
 
@@ -205,36 +219,29 @@ fn short_name<'a>(fqdn: &'a str, suffix: Option<&str>) -> Option<&'a str> {
 }
 
 /// Gives each entry of the own tailnet its short name, unless two machines share it (then
-/// it is left out rather than guessed).
+/// it is left out rather than guessed). `entries` are sorted by name.
 fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
-    // (short name, full name) once per machine, sorted: a short name is unique when
-    // its neighbours have another one.
-    let mut pairs: Vec<(&str, &str)> = entries
+    // Each machine's short name once, sorted: a short name is unique when its
+    // neighbours have another one.
+    let mut shorts: Vec<&str> = Vec::new();
+    let mut last: Option<&str> = None;
+    for e in entries.iter() {
+        if last != Some(&*e.fqdn) {
+            last = Some(&e.fqdn);
+            shorts.extend(short_name(&e.fqdn, suffix));
+        }
+    }
+    shorts.sort_unstable();
+    let unique = |s: &str| {
+        let at = shorts.partition_point(|x| *x < s);
+        shorts.get(at + 1) != Some(&s)
+    };
+    let with: Vec<bool> = entries
         .iter()
-        .filter_map(|e| Some((short_name(&e.fqdn, suffix)?, e.fqdn.as_str())))
+        .map(|e| short_name(&e.fqdn, suffix).is_some_and(unique))
         .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    // Sorted, as `pairs` is.
-    let unique: Vec<&str> = pairs
-        .iter()
-        .enumerate()
-        .filter(|(i, (short, _))| {
-            let same = |j: usize| pairs.get(j).is_some_and(|(s, _)| s == short);
-            !(i.checked_sub(1).is_some_and(same) || same(i + 1))
-        })
-        .map(|(_, (short, _))| *short)
-        .collect();
-    let shorts: Vec<Option<String>> = entries
-        .iter()
-        .map(|e| {
-            short_name(&e.fqdn, suffix)
-                .filter(|s| unique.binary_search(s).is_ok())
-                .map(str::to_string)
-        })
-        .collect();
-    for (e, short) in entries.iter_mut().zip(shorts) {
-        e.short = short;
+    for (e, with) in entries.iter_mut().zip(with) {
+        e.with_short = with;
     }
 }
 
@@ -247,18 +254,27 @@ fn valid_name(name: &str) -> Option<String> {
 }
 
 /// The block's text for `entries`, with its leading newline (see the module comment).
+/// Written without the formatting machinery: a big tailnet's block has thousands of
+/// lines and is rendered again at every change.
 pub fn render(entries: &[Entry], written: SystemTime) -> String {
-    let mut names: Vec<&str> = entries.iter().map(|e| e.fqdn.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let mut out = format!(
-        "\n{BEGIN} ({} names, written {}); edits here are lost\n",
-        names.len(),
-        utc(written)
-    );
+    let mut names = 0;
+    let mut last: Option<&str> = None;
     for e in entries {
-        out.push_str(&format!("{} {}", e.ip, e.fqdn));
-        if let Some(s) = &e.short {
+        if last != Some(&*e.fqdn) {
+            names += 1;
+            last = Some(&e.fqdn);
+        }
+    }
+    let mut out = String::with_capacity(128 + entries.len() * 64);
+    out.push_str(&format!(
+        "\n{BEGIN} ({names} names, written {}); edits here are lost\n",
+        utc(written)
+    ));
+    for e in entries {
+        push_ip(&mut out, &e.ip);
+        out.push(' ');
+        out.push_str(&e.fqdn);
+        if let Some(s) = e.short() {
             out.push(' ');
             out.push_str(s);
         }
@@ -267,6 +283,78 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
     out.push_str(END);
     out.push('\n');
     out
+}
+
+/// Appends `ip` as its Display would (RFC 5952 for IPv6: lower-case hex, the longest run
+/// of two or more zero groups, the first of equals, as "::").
+fn push_ip(out: &mut String, ip: &IpAddr) {
+    fn dec(out: &mut String, n: u8) {
+        if n >= 100 {
+            out.push((b'0' + n / 100) as char);
+        }
+        if n >= 10 {
+            out.push((b'0' + n / 10 % 10) as char);
+        }
+        out.push((b'0' + n % 10) as char);
+    }
+    fn hex(out: &mut String, n: u16) {
+        let mut started = false;
+        for shift in [12, 8, 4, 0] {
+            let d = (n >> shift) & 0xf;
+            started |= d != 0 || shift == 0;
+            if started {
+                out.push(char::from(b"0123456789abcdef"[usize::from(d)]));
+            }
+        }
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                dec(out, o);
+            }
+        }
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() || v6.segments()[..6] == [0; 6] => {
+            // Forms with a dotted tail: rare, and never Tailscale addresses.
+            out.push_str(&v6.to_string());
+        }
+        IpAddr::V6(v6) => {
+            let g = v6.segments();
+            // The longest run of zero groups (two or more), the first one of equals.
+            let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+            for (i, &x) in g.iter().enumerate() {
+                if x == 0 {
+                    if run_len == 0 {
+                        run = i;
+                    }
+                    run_len += 1;
+                    if run_len > best_len {
+                        (best, best_len) = (run, run_len);
+                    }
+                } else {
+                    run_len = 0;
+                }
+            }
+            if best_len < 2 {
+                best_len = 0;
+                best = 8;
+            }
+            for (i, &x) in g.iter().enumerate() {
+                if i == best {
+                    out.push_str("::");
+                } else if i > best && i < best + best_len {
+                    continue;
+                } else {
+                    if i > 0 && i != best + best_len {
+                        out.push(':');
+                    }
+                    hex(out, x);
+                }
+            }
+        }
+    }
 }
 
 /// Names the block never carries, whatever the tailnet says: they name this machine
@@ -414,8 +502,7 @@ pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Sk
             mapped.contains(name).then_some(Skip::Mapped)
         }
     };
-    let shadows =
-        |e: &Entry| skip(&e.fqdn).is_some() || e.short.as_deref().and_then(skip).is_some();
+    let shadows = |e: &Entry| skip(&e.fqdn).is_some() || e.short().and_then(skip).is_some();
     if !list.iter().any(shadows) {
         return (None, Vec::new());
     }
@@ -434,9 +521,9 @@ pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Sk
             continue;
         }
         let mut e = e.clone();
-        if let Some(why) = e.short.as_deref().and_then(skip) {
-            left_out(e.short.as_deref().unwrap_or_default(), &e.ip, why);
-            e.short = None;
+        if let Some((short, why)) = e.short().and_then(|s| Some((s, skip(s)?))) {
+            left_out(short, &e.ip, why);
+            e.with_short = false;
         }
         kept.push(e);
     }
@@ -621,7 +708,7 @@ pub(crate) mod tests {
         let shorts = |json: &str| -> Vec<String> {
             entries(&status(json), OPTS)
                 .iter()
-                .map(|e| format!("{} {}", e.fqdn, e.short.as_deref().unwrap_or("-")))
+                .map(|e| format!("{} {}", e.fqdn, e.short().unwrap_or("-")))
                 .collect()
         };
         // No suffix reported: the node's own name gives it.
@@ -729,6 +816,34 @@ pub(crate) mod tests {
         }
         for name in ["localhostx", "localhost.tail.example", "mylocalhost"] {
             assert!(!reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut seeds: Vec<u128> = vec![0, 1, u128::MAX, 0xffff_0000_0000, 0xffff_6440_0001];
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Zero some groups at random, so runs of zeros of every length and place occur.
+            let mask = (0..8).fold(0u128, |m, i| match (x >> (i * 3)) & 1 {
+                1 => m | (0xffff << (i * 16)),
+                _ => m,
+            });
+            seeds.push(x & mask);
+        }
+        for bits in seeds {
+            for ip in [
+                IpAddr::V6(bits.into()),
+                IpAddr::V4((bits as u32).into()),
+                IpAddr::V6(((0xfd7a_115c_a1e0u128 << 80) | (bits & 0xffff_ffff)).into()),
+            ] {
+                let mut out = String::new();
+                push_ip(&mut out, &ip);
+                assert_eq!(out, ip.to_string());
+            }
         }
     }
 

@@ -91,6 +91,8 @@ pub(super) struct Decoder {
     pub(super) complete: bool,
     /// The largest body this response may have (0: [`MAX_BODY`]).
     pub(super) limit: usize,
+    /// Inside a chunk: its bytes not decoded yet, the CRLF after its data included.
+    chunk_left: usize,
 }
 
 impl Decoder {
@@ -134,7 +136,8 @@ impl Decoder {
             }
             Some(Framing::Chunked) => {
                 let limit = self.limit();
-                let (used, end) = decode_chunks(&self.raw, &mut self.body, limit)?;
+                let (used, end) =
+                    decode_chunks(&self.raw, &mut self.body, limit, &mut self.chunk_left)?;
                 self.raw.drain(..used.min(self.raw.len()));
                 end
             }
@@ -210,9 +213,40 @@ fn framing(status: u16, headers: &[(String, String)]) -> Result<Framing, ApiErro
 
 /// Decodes the complete chunks at the start of `raw` into `out` (which may not grow past
 /// `limit`). Returns how many bytes of `raw` were used and whether the last chunk was seen.
-fn decode_chunks(raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(usize, bool), ApiError> {
+/// Decodes the chunks in `raw` into `out`, a chunk's data as far as it has arrived (a
+/// big notification is one chunk of megabytes: it is never held twice). `left` carries
+/// the rest of a chunk from one call to the next. Returns how much of `raw` was used and
+/// whether the last chunk was reached.
+fn decode_chunks(
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+    left: &mut usize,
+) -> Result<(usize, bool), ApiError> {
     let mut pos = 0;
     loop {
+        if *left > 0 {
+            let rest = raw.get(pos..).unwrap_or_default();
+            let take = left.saturating_sub(2).min(rest.len());
+            out.extend_from_slice(rest.get(..take).unwrap_or_default());
+            pos += take;
+            *left -= take;
+            if *left > 2 {
+                return Ok((pos, false));
+            }
+            // The CRLF after the data (one byte of it may have come already).
+            let rest = raw.get(pos..).unwrap_or_default();
+            let want = b"\r\n".get(2 - *left..).unwrap_or_default();
+            let have = rest.len().min(want.len());
+            if rest.get(..have) != want.get(..have) {
+                return Err(proto("chunk data not followed by CRLF"));
+            }
+            pos += have;
+            *left -= have;
+            if *left > 0 {
+                return Ok((pos, false));
+            }
+        }
         let rest = raw.get(pos..).unwrap_or_default();
         let Some(line_len) = find(rest, b"\r\n") else {
             if rest.len() > MAX_HEAD {
@@ -245,17 +279,8 @@ fn decode_chunks(raw: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(usize, 
         } else if size > limit.saturating_sub(out.len()) {
             return Err(too_large(limit));
         }
-        let (Some(data), Some(crlf)) = (rest.get(start..start + size), rest.get(start + size..))
-        else {
-            return Ok((pos, false));
-        };
-        match crlf.get(..2) {
-            None if crlf.is_empty() || crlf == b"\r" => return Ok((pos, false)),
-            Some(b"\r\n") => {}
-            _ => return Err(proto("chunk data not followed by CRLF")),
-        }
-        out.extend_from_slice(data);
-        pos += start + size + 2;
+        pos += start;
+        *left = size + 2;
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod http;
 mod request;
+pub mod scan;
 mod types;
 
 use std::fmt;
@@ -543,6 +544,27 @@ mod tests {
         let resp = parse_response(CHUNKED.as_bytes(), false).unwrap().unwrap();
         assert_eq!(resp.header("TAILSCALE-VERSION"), Some("1.96.4"));
         assert_eq!(resp.header("X-Missing"), None);
+    }
+
+    #[test]
+    fn a_big_chunk_is_decoded_as_it_arrives() {
+        let data = "x".repeat(1 << 20);
+        let full = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{data}\r\n0\r\n\r\n",
+            data.len()
+        );
+        let mut decoder = Decoder::default();
+        let mut done = false;
+        for piece in full.as_bytes().chunks(READ_SIZE) {
+            done = decoder.feed(piece, false).unwrap();
+            assert!(
+                decoder.raw.len() < 64,
+                "{} bytes held undecoded",
+                decoder.raw.len()
+            );
+        }
+        assert!(done);
+        assert_eq!(decoder.take_response().unwrap().body.len(), data.len());
     }
 
     #[test]

@@ -186,9 +186,9 @@ pub mod notify {
 /// The node capability control grants where Tailscale SSH is enabled.
 pub const SSH_CAPABILITY: &str = "https://tailscale.com/cap/ssh";
 
-/// One IPN bus notification (ipn.Notify), the fields tsinit uses.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+/// One IPN bus notification (ipn.Notify), the fields tsinit uses (read by
+/// [`scan::notification`](super::scan::notification)).
+#[derive(Debug, Default)]
 pub struct Notify {
     /// The new or current state (its number).
     pub state: Option<u64>,
@@ -196,110 +196,18 @@ pub struct Notify {
 }
 
 /// The netmap of a notification (netmap.NetworkMap), the fields tsinit uses.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetMap {
     pub self_node: Option<Node>,
-    #[serde(deserialize_with = "null_default")]
     pub peers: Vec<Node>,
-    #[serde(rename = "DNS")]
-    pub dns: DnsConfig,
 }
 
-/// A node of the netmap (tailcfg.Node), the fields tsinit uses. Read with as few
-/// allocations as it takes: a netmap of a big tailnet has thousands of them, and comes
-/// again with every change.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+/// A node of the netmap (tailcfg.Node), the fields tsinit uses.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Node {
     /// The DNS name, with its trailing dot.
     pub name: String,
     /// Its addresses (the prefixes' addresses; anything else is left out).
-    #[serde(deserialize_with = "prefix_addresses")]
     pub addresses: Vec<IpAddr>,
     pub online: Option<bool>,
-}
-
-/// The addresses of a list of prefixes ("100.64.0.1/32"), read without copying them;
-/// null is no address.
-fn prefix_addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
-    struct Prefixes;
-    impl<'de> serde::de::Visitor<'de> for Prefixes {
-        type Value = Vec<IpAddr>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of address prefixes")
-        }
-        fn visit_unit<E>(self) -> Result<Vec<IpAddr>, E> {
-            Ok(Vec::new())
-        }
-        fn visit_none<E>(self) -> Result<Vec<IpAddr>, E> {
-            Ok(Vec::new())
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Vec<IpAddr>, A::Error> {
-            let mut out = Vec::with_capacity(2);
-            while let Some(Text(prefix)) = seq.next_element::<Text<'de>>()? {
-                let addr = prefix.split('/').next().unwrap_or_default();
-                if let Ok(ip) = addr.parse() {
-                    out.push(ip);
-                }
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_option(OptionalSeq(Prefixes))
-}
-
-/// A string, borrowed from the input where it can be (no escapes in it).
-struct Text<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// Turns `Some(seq)` into the inner visitor's seq (serde's option handling for a field
-/// read with `deserialize_with`).
-struct OptionalSeq<V>(V);
-
-impl<'de, V: serde::de::Visitor<'de, Value = Vec<IpAddr>>> serde::de::Visitor<'de>
-    for OptionalSeq<V>
-{
-    type Value = Vec<IpAddr>;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        self.0.expecting(f)
-    }
-    fn visit_none<E>(self) -> Result<Vec<IpAddr>, E> {
-        Ok(Vec::new())
-    }
-    fn visit_unit<E>(self) -> Result<Vec<IpAddr>, E> {
-        Ok(Vec::new())
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<IpAddr>, D::Error> {
-        d.deserialize_seq(self.0)
-    }
-}
-
-/// The netmap's DNS settings, the fields tsinit uses.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct DnsConfig {
-    #[serde(deserialize_with = "null_default")]
-    pub cert_domains: Vec<String>,
 }

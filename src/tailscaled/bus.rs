@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::debug;
 
-use crate::localapi::{BackendState, LocalApi, NetMap, Notify, notify};
+use crate::localapi::{BackendState, LocalApi, NetMap, notify, scan};
 
 /// What the bus reports.
 #[derive(Debug)]
@@ -122,7 +122,7 @@ fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
         if superseded(&raw, bus.buffered()) {
             continue;
         }
-        let notification: Notify = match serde_json::from_slice(&raw) {
+        let notification = match scan::notification(&raw) {
             Ok(n) => n,
             Err(e) => {
                 debug!("ignoring an IPN bus notification that does not decode: {e}");

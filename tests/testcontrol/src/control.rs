@@ -235,7 +235,7 @@ struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if let Some(n) = self.shared.lock().nodes.get_mut(&self.id) {
+        if let Some(n) = self.shared.lock().node_mut(self.id) {
             n.streams = n.streams.saturating_sub(1);
         }
         self.shared.bump();
@@ -272,7 +272,7 @@ async fn serve_map(
         return respond_simple(&mut respond, 200, "application/json", Vec::new());
     }
     let _guard = req.stream.then(|| {
-        if let Some(n) = shared.lock().nodes.get_mut(&id) {
+        if let Some(n) = shared.lock().node_mut(id) {
             n.streams += 1;
         }
         StreamGuard {

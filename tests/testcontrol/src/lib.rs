@@ -205,7 +205,7 @@ impl TestControl {
     /// Whether nodes get the Tailscale SSH capability (as a tailnet with ssh rules
     /// grants it); on by default. Pushed to open map streams.
     pub fn set_ssh_enabled(&self, enabled: bool) {
-        self.shared.lock().ssh_enabled = enabled;
+        self.shared.lock().set_ssh_enabled(enabled);
         self.shared.bump();
     }
 
@@ -221,7 +221,7 @@ impl TestControl {
 
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let st = self.shared.lock();
-        st.nodes
+        st.nodes()
             .values()
             .map(|n| NodeInfo {
                 id: n.id,
@@ -281,7 +281,7 @@ impl TestControl {
             let (added, batch_no, taken, streaming) = {
                 let mut st = self.shared.lock();
                 let added = st.add_fakes(&peers)?;
-                let streaming = st.nodes.values().any(|n| !n.fake && n.streams > 0);
+                let streaming = st.nodes().values().any(|n| !n.fake && n.streams > 0);
                 (added, st.batches, st.taken.clone(), streaming)
             };
             self.shared.bump();
@@ -304,7 +304,7 @@ impl TestControl {
     pub fn rename(&self, id: u64, name: &str) {
         let mut st = self.shared.lock();
         let full = format!("{}.{}.", state::dns_label(name), state::DOMAIN);
-        if let Some(n) = st.nodes.get_mut(&id) {
+        if let Some(n) = st.node_mut(id) {
             n.name = full;
         }
         drop(st);
@@ -315,7 +315,7 @@ impl TestControl {
     /// tailnet's domain, as a node shared in from there has; pushed to every open map
     /// stream.
     pub fn set_dns_name(&self, id: u64, name: &str) {
-        if let Some(n) = self.shared.lock().nodes.get_mut(&id) {
+        if let Some(n) = self.shared.lock().node_mut(id) {
             n.name = name.to_string();
         }
         self.shared.bump();
@@ -323,7 +323,7 @@ impl TestControl {
 
     /// Removes a node (fake or real); open map streams get it in PeersRemoved.
     pub fn remove_peer(&self, id: u64) {
-        self.shared.lock().nodes.remove(&id);
+        self.shared.lock().remove_node(id);
         self.shared.bump();
     }
 }

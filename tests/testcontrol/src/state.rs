@@ -57,6 +57,9 @@ pub struct Node {
     /// Open streaming map polls.
     pub streams: usize,
     pub logged_out: bool,
+    /// Bumped (from [`State`]'s counter) by every [`State::node_mut`], so an unchanged
+    /// revision means an unchanged [`State::node_json`]: map sessions skip such nodes.
+    rev: u64,
 }
 
 impl Node {
@@ -89,8 +92,15 @@ pub enum RegisterReply {
 }
 
 pub struct State {
-    pub nodes: BTreeMap<u64, Node>,
+    /// Read with [`State::nodes`]; changed only through [`State::node_mut`] (which bumps
+    /// the node's revision), [`State::add_node`] and [`State::remove_node`].
+    nodes: BTreeMap<u64, Node>,
     next_id: u64,
+    /// Source of node revisions ([`State::node_mut`]).
+    next_rev: u64,
+    /// Bumped whenever something state-wide that [`State::node_json`] reads changes
+    /// (`ssh_enabled`): every node's JSON may differ then.
+    json_rev: u64,
     pub valid_keys: Vec<String>,
     pub register_count: usize,
     pub register_requests: usize,
@@ -99,8 +109,9 @@ pub struct State {
     derp_port: u16,
     /// -1 when no UDP socket could be bound (STUN disabled).
     pub stun_port: i32,
-    /// Whether nodes get the Tailscale SSH capability (default true).
-    pub ssh_enabled: bool,
+    /// Whether nodes get the Tailscale SSH capability (default true); set with
+    /// [`State::set_ssh_enabled`].
+    ssh_enabled: bool,
     /// Counts batches of changes ([`State::add_fakes`]); `taken` is the highest batch a map
     /// stream has computed its update from, so a caller can wait for each batch to go out
     /// as a map update of its own instead of being merged into the next.
@@ -164,6 +175,8 @@ impl State {
         State {
             nodes: BTreeMap::new(),
             next_id: 1,
+            next_rev: 0,
+            json_rev: 0,
             valid_keys: Vec::new(),
             register_count: 0,
             register_requests: 0,
@@ -174,6 +187,29 @@ impl State {
             ssh_enabled: true,
             batches: 0,
             taken: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<u64, Node> {
+        &self.nodes
+    }
+
+    /// The one way to change a node: bumps its revision, whatever the caller then changes.
+    pub fn node_mut(&mut self, id: u64) -> Option<&mut Node> {
+        let n = self.nodes.get_mut(&id)?;
+        self.next_rev += 1;
+        n.rev = self.next_rev;
+        Some(n)
+    }
+
+    pub fn remove_node(&mut self, id: u64) -> Option<Node> {
+        self.nodes.remove(&id)
+    }
+
+    pub fn set_ssh_enabled(&mut self, enabled: bool) {
+        if self.ssh_enabled != enabled {
+            self.ssh_enabled = enabled;
+            self.json_rev += 1;
         }
     }
 
@@ -203,7 +239,7 @@ impl State {
             .pointer("/NetInfo/PreferredDERP")
             .and_then(Value::as_u64);
         let name = self.unique_name(id, &hostname, false);
-        if let Some(n) = self.nodes.get_mut(&id) {
+        if let Some(n) = self.node_mut(id) {
             n.home_derp = derp.filter(|d| *d > 0).unwrap_or(1);
             if n.name.is_empty() || n.hostname != hostname {
                 n.name = name;
@@ -230,8 +266,11 @@ impl State {
             cap: 0,
             streams: 0,
             logged_out: false,
+            rev: 0,
         };
         self.nodes.insert(id, node);
+        // Ids are never reused, but a fresh revision costs nothing and guards that too.
+        self.node_mut(id);
         id
     }
 
@@ -242,7 +281,7 @@ impl State {
             true,
         );
         let name = self.unique_name(id, hostname, true);
-        if let Some(n) = self.nodes.get_mut(&id) {
+        if let Some(n) = self.node_mut(id) {
             n.disco_key = Some(key_string("discokey", &keys[2]));
             n.hostname = hostname.to_string();
             n.hostinfo = json!({"Hostname": hostname, "OS": "linux"});
@@ -302,7 +341,7 @@ impl State {
         if expiry.is_some_and(|t| t > 0 && t <= now) {
             // `tailscale logout`: Expiry far in the past.
             let id = self.find_node(&req, machine, &node_key);
-            if let Some(n) = id.and_then(|id| self.nodes.get_mut(&id)) {
+            if let Some(n) = id.and_then(|id| self.node_mut(id)) {
                 n.logged_out = true;
             }
             return RegisterReply::Json(
@@ -345,7 +384,7 @@ impl State {
                 );
             }
         };
-        if let Some(n) = self.nodes.get_mut(&id) {
+        if let Some(n) = self.node_mut(id) {
             n.node_key = node_key;
             n.cap = req.version;
             n.logged_out = false;
@@ -368,7 +407,7 @@ impl State {
         if let Some(hostinfo) = req.hostinfo.clone() {
             self.set_hostinfo(id, hostinfo);
         }
-        let n = self.nodes.get_mut(&id)?;
+        let n = self.node_mut(id)?;
         if let Some(d) = nonzero_key(&req.disco_key, "discokey") {
             n.disco_key = Some(d);
         }
@@ -381,6 +420,13 @@ impl State {
         Some(id)
     }
 
+    /// What identifies the content of `n`'s [`State::node_json`]: equal keys, equal JSON.
+    fn json_key(&self, n: &Node) -> (u64, u64) {
+        (n.rev, self.json_rev)
+    }
+
+    /// A node as the map response carries it. Reads `n` and `ssh_enabled` only: anything
+    /// else of `State` it comes to read must bump `json_rev` when it changes.
     pub fn node_json(&self, n: &Node) -> Value {
         let addrs = n.addresses();
         let mut v = json!({
@@ -429,8 +475,47 @@ impl State {
 /// What one streaming map poll has told its client, to send only the differences.
 pub struct MapSession {
     pub node_id: u64,
-    sent_self: String,
-    sent_peers: BTreeMap<u64, String>,
+    sent_self: Sent,
+    sent_peers: BTreeMap<u64, Sent>,
+}
+
+/// A node's JSON as last sent, with the [`State::json_key`] it was built at: while the
+/// key stays the same the JSON does too, and is neither rebuilt nor compared.
+#[derive(Default)]
+struct Sent {
+    key: Option<(u64, u64)>,
+    json: String,
+}
+
+impl Sent {
+    fn new(st: &State, n: &Node) -> (Sent, Value) {
+        let v = st.node_json(n);
+        let sent = Sent {
+            key: Some(st.json_key(n)),
+            json: v.to_string(),
+        };
+        (sent, v)
+    }
+
+    /// `n`'s JSON if it differs from what was sent (then recorded as sent).
+    fn update(&mut self, st: &State, n: &Node) -> Option<Value> {
+        let key = st.json_key(n);
+        if self.key == Some(key) {
+            return None;
+        }
+        self.key = Some(key);
+        let v = st.node_json(n);
+        let s = v.to_string();
+        // A node touched without a change to its JSON (the same Hostinfo again) sends nothing.
+        (s != self.json).then(|| {
+            self.json = s;
+            v
+        })
+    }
+}
+
+fn is_peer(me: u64, n: &Node) -> bool {
+    n.id != me && !n.logged_out
 }
 
 pub enum Delta {
@@ -444,31 +529,30 @@ impl MapSession {
     pub fn new(node_id: u64) -> MapSession {
         MapSession {
             node_id,
-            sent_self: String::new(),
+            sent_self: Sent::default(),
             sent_peers: BTreeMap::new(),
         }
     }
 
-    fn current_peers(&self, st: &State) -> BTreeMap<u64, (String, Value)> {
-        st.nodes
-            .values()
-            .filter(|n| n.id != self.node_id && !n.logged_out)
-            .map(|n| {
-                let v = st.node_json(n);
-                (n.id, (v.to_string(), v))
-            })
-            .collect()
+    /// The nodes this one is sent as peers, by id.
+    fn peers<'a>(&self, st: &'a State) -> impl Iterator<Item = &'a Node> + use<'a> {
+        let me = self.node_id;
+        st.nodes.values().filter(move |n| is_peer(me, n))
     }
 
     /// The first response of a poll: everything.
     pub fn full(&mut self, st: &State) -> Option<Value> {
         let me = st.nodes.get(&self.node_id)?;
         st.mark_taken();
-        let self_json = st.node_json(me);
-        self.sent_self = self_json.to_string();
-        let peers = self.current_peers(st);
-        let list: Vec<Value> = peers.values().map(|(_, v)| v.clone()).collect();
-        self.sent_peers = peers.into_iter().map(|(id, (s, _))| (id, s)).collect();
+        let self_json;
+        (self.sent_self, self_json) = Sent::new(st, me);
+        let mut list = Vec::new();
+        self.sent_peers.clear();
+        for n in self.peers(st) {
+            let (sent, v) = Sent::new(st, n);
+            self.sent_peers.insert(n.id, sent);
+            list.push(v);
+        }
         Some(json!({
             "Node": self_json, "DERPMap": st.derp_map(), "Peers": list, "Domain": DOMAIN,
             "UserProfiles": [{"ID": USER_ID, "LoginName": "test@tail.example", "DisplayName": "Test User"}],
@@ -477,34 +561,41 @@ impl MapSession {
         }))
     }
 
+    /// What changed since the last response: only nodes whose [`State::json_key`] moved
+    /// are rebuilt, and sent if their JSON differs.
     pub fn delta(&mut self, st: &State) -> Delta {
         let Some(me) = st.nodes.get(&self.node_id).filter(|n| !n.logged_out) else {
             return Delta::End;
         };
         st.mark_taken();
         let mut resp = serde_json::Map::new();
-        let self_json = st.node_json(me);
-        let self_str = self_json.to_string();
-        if self_str != self.sent_self {
-            self.sent_self = self_str;
-            resp.insert("Node".into(), self_json);
+        if let Some(v) = self.sent_self.update(st, me) {
+            resp.insert("Node".into(), v);
         }
-        let peers = self.current_peers(st);
-        let removed: Vec<u64> = self
-            .sent_peers
-            .keys()
-            .filter(|id| !peers.contains_key(id))
-            .copied()
-            .collect();
         let mut changed = Vec::new();
-        for (id, (s, v)) in peers {
-            if self.sent_peers.get(&id) != Some(&s) {
-                self.sent_peers.insert(id, s);
-                changed.push(v);
+        let mut current = 0;
+        for n in self.peers(st) {
+            current += 1;
+            match self.sent_peers.get_mut(&n.id) {
+                Some(sent) => changed.extend(sent.update(st, n)),
+                None => {
+                    let (sent, v) = Sent::new(st, n);
+                    self.sent_peers.insert(n.id, sent);
+                    changed.push(v);
+                }
             }
         }
-        for id in &removed {
-            self.sent_peers.remove(id);
+        // Every current peer is in `sent_peers` now: any more there are gone.
+        let mut removed = Vec::new();
+        if self.sent_peers.len() > current {
+            let me = self.node_id;
+            self.sent_peers.retain(|id, _| {
+                let keep = st.nodes.get(id).is_some_and(|n| is_peer(me, n));
+                if !keep {
+                    removed.push(*id);
+                }
+                keep
+            });
         }
         if !changed.is_empty() {
             resp.insert("PeersChanged".into(), changed.into());
@@ -618,12 +709,12 @@ mod tests {
         };
         assert_eq!(d["PeersChanged"][0]["Name"], "peer.tail.example.");
         assert_eq!(d["PeersChanged"][0]["Addresses"][0], "100.64.0.2/32");
-        st.nodes.remove(&fake);
+        st.remove_node(fake);
         let Delta::Send(d) = s.delta(&st) else {
             panic!()
         };
         assert_eq!(d, json!({"PeersRemoved": [fake]}));
-        st.nodes.get_mut(&1).unwrap().logged_out = true;
+        st.node_mut(1).unwrap().logged_out = true;
         assert!(matches!(s.delta(&st), Delta::End));
     }
 
@@ -670,5 +761,66 @@ mod tests {
         // A taken name refuses the whole batch.
         assert!(st.add_fakes(&batch(19_999, 20_001)).is_err());
         assert_eq!((st.nodes.len(), st.batches), (20_001, 4));
+    }
+    #[test]
+    fn delta_sends_only_changed_peers() {
+        let mut st = State::new("http://x".into(), "127.0.0.1".into(), 1);
+        st.valid_keys = vec!["k".into()];
+        reply(st.register(req(&nk(1), Some("k")), MK, 0));
+        let peers: Vec<(String, [[u8; 32]; 3])> = (0..200)
+            .map(|i| (format!("p-{i}"), [[(i % 250) as u8 + 1; 32]; 3]))
+            .collect();
+        let ids = st.add_fakes(&peers).unwrap();
+        let mut s = MapSession::new(1);
+        assert_eq!(s.full(&st).unwrap()["Peers"].as_array().unwrap().len(), 200);
+        assert!(matches!(s.delta(&st), Delta::Nothing));
+        // A rename of one peer among many: exactly that one.
+        st.node_mut(ids[77]).unwrap().name = "renamed.tail.example.".into();
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d.as_object().unwrap().len(), 1);
+        assert_eq!(
+            d["PeersChanged"],
+            json!([st.node_json(&st.nodes()[&ids[77]])])
+        );
+        assert_eq!(d["PeersChanged"][0]["Name"], "renamed.tail.example.");
+        // Touched but unchanged (the same Hostinfo again): nothing to send.
+        let hostinfo = st.nodes()[&1].hostinfo.clone();
+        st.set_hostinfo(1, hostinfo);
+        st.node_mut(ids[3]).unwrap();
+        assert!(matches!(s.delta(&st), Delta::Nothing));
+        // A state-wide setting in every node's JSON: all peers and the node itself again.
+        st.set_ssh_enabled(false);
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        let changed = d["PeersChanged"].as_array().unwrap();
+        assert_eq!(changed.len(), 200);
+        assert!(changed.iter().all(|p| p.get("CapMap").is_none()));
+        assert!(d["Node"].get("CapMap").is_none());
+        assert!(matches!(s.delta(&st), Delta::Nothing));
+        st.set_ssh_enabled(true);
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d["PeersChanged"].as_array().unwrap().len(), 200);
+        assert_eq!(
+            d["PeersChanged"][0]["CapMap"],
+            json!({SSH_CAPABILITY: null})
+        );
+        // Removal and logout of peers.
+        st.remove_node(ids[0]);
+        st.node_mut(ids[1]).unwrap().logged_out = true;
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d, json!({"PeersRemoved": [ids[0], ids[1]]}));
+        st.node_mut(ids[1]).unwrap().logged_out = false;
+        let Delta::Send(d) = s.delta(&st) else {
+            panic!()
+        };
+        assert_eq!(d["PeersChanged"][0]["ID"], ids[1]);
+        assert_eq!(d.as_object().unwrap().len(), 1);
     }
 }
