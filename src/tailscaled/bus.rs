@@ -134,6 +134,7 @@ fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
             events.push(BusEvent::State(state));
         }
         if let Some(netmap) = notification.net_map {
+            debug!("IPN bus: a netmap with {} peers", netmap.peers.len());
             events.push(BusEvent::NetMap(Box::new(netmap)));
         }
         for event in events {

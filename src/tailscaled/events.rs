@@ -72,10 +72,12 @@ impl Tailscaled {
     }
 
     /// Writes the hosts block if the netmap changed since the last write. Once the
-    /// workload runs, the next write waits [`HOSTS_PAUSE`] times as long as this one
+    /// workload runs, the next write waits [`HOSTS_PAUSE`] times the CPU time this one
     /// took: a single change is written at once, and in a burst of changes (a big tailnet
     /// joining, where each write costs milliseconds) one write follows several netmaps,
-    /// the last one always.
+    /// the last one always. CPU time, not wall time: on a busy machine (tailscaled itself
+    /// busy with that burst) the wait would otherwise grow with the time spent waiting for
+    /// a CPU.
     pub(super) fn write_hosts_if_due(&mut self) {
         if !self.hosts_due {
             return;
@@ -85,10 +87,24 @@ impl Tailscaled {
             return;
         }
         self.hosts_due = false;
+        let cpu = thread_cpu_time();
         if let Some(h) = &mut self.hosts {
             h.write_from(&self.view);
         }
-        let took = now.elapsed();
+        let took = match (cpu, thread_cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => now.elapsed(),
+        };
         self.hosts_next = Some(Instant::now() + took * HOSTS_PAUSE);
     }
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    use nix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(std::time::Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    ))
 }
