@@ -415,3 +415,84 @@ fn no_key_starts_an_interactive_login_with_the_url_in_the_log() {
     );
     assert_eq!(net.control.register_count(), 0);
 }
+
+/// One boot in userspace mode with `env` set, whose workload prints `tsinit status`;
+/// asserts it exits 0 and returns what tsinit logged.
+fn boot_with(net: &Tailnet, env: &[(&str, &str)]) -> String {
+    let mut cmd = net.tsinit(&["-v", "--", "sh", "-c", "\"$TSINIT\" status"]);
+    cmd.env("TSINIT_NETWORKING", "userspace");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("state: Running"), "{}", r.stdout());
+    r.stderr()
+}
+
+/// The official image's way to make an exit node with MagicDNS: flags tsinit also sets
+/// itself, in TS_EXTRA_ARGS. The first boot logs in with each flag once; later boots
+/// change nothing back.
+#[test]
+fn ts_extra_args_settings_log_in_once_and_are_never_undone() {
+    let net = Tailnet::new("extra-args");
+    let extra = "--advertise-exit-node --accept-dns=true --advertise-routes=10.9.0.0/16 \
+                 --hostname=tsinit-test";
+    boot_with(&net, &[("TS_AUTHKEY", KEY), ("TS_EXTRA_ARGS", extra)]);
+    let calls = net.cli_calls();
+    assert_eq!((ran(&calls, "up"), calls.len()), (1, 1), "{calls:?}");
+    for flag in ["--accept-dns=", "--hostname=", "--advertise-routes="] {
+        assert_eq!(
+            calls[0].matches(flag).count(),
+            1,
+            "{flag} once: {}",
+            calls[0]
+        );
+    }
+    let node = &net.control.nodes()[0];
+    let routable = node.hostinfo["RoutableIPs"].to_string();
+    for route in ["10.9.0.0/16", "0.0.0.0/0", "::/0"] {
+        assert!(routable.contains(route), "{route} advertised: {routable}");
+    }
+
+    // Later boots: the same configuration needs no CLI call at all.
+    for _ in 0..2 {
+        boot_with(&net, &[("TS_EXTRA_ARGS", extra)]);
+        assert_eq!(net.cli_calls(), Vec::<String>::new());
+    }
+    assert_eq!(net.control.register_count(), 1);
+}
+
+/// TS_ROUTES unset leaves routes as they are (advertised by hand, say); TS_ROUTES=""
+/// withdraws them.
+#[test]
+fn ts_routes_unset_leaves_routes_alone_and_empty_withdraws_them() {
+    let net = Tailnet::new("routes");
+    boot_with(&net, &[("TS_AUTHKEY", KEY), ("TS_ROUTES", "10.7.0.0/16")]);
+    let calls = net.cli_calls();
+    assert!(
+        calls[0].contains("--advertise-routes=10.7.0.0/16"),
+        "{calls:?}"
+    );
+
+    boot_with(&net, &[]);
+    assert_eq!(net.cli_calls(), Vec::<String>::new(), "unset: left alone");
+    let routable = net.control.nodes()[0].hostinfo["RoutableIPs"].to_string();
+    assert!(routable.contains("10.7.0.0/16"), "{routable}");
+
+    boot_with(&net, &[("TS_ROUTES", "")]);
+    let calls = net.cli_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].ends_with("set --advertise-routes="), "{calls:?}");
+}
+
+/// TS_AUTHKEY=file:/path, as the CLI reads it: the key is in the file.
+#[test]
+fn ts_authkey_file_prefix_names_the_file_with_the_key() {
+    let net = Tailnet::new("key-file");
+    let file = net.dir.write("key", &format!("{KEY}\n"));
+    let value = format!("file:{}", file.display());
+    let stderr = boot_with(&net, &[("TS_AUTHKEY", &value)]);
+    assert_eq!(net.control.register_count(), 1, "{stderr}");
+    assert!(!stderr.contains(KEY), "{stderr}");
+}

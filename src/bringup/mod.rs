@@ -322,6 +322,14 @@ impl Tailscaled {
             advertise_routes: prefs.advertise_routes.clone(),
             control_url: prefs.control_url.clone(),
             run_ssh: prefs.run_ssh,
+            route_all: prefs.route_all,
+            uses_exit_node: !prefs.exit_node_id.is_empty() || !prefs.exit_node_ip.is_empty(),
+            exit_node_allow_lan_access: prefs.exit_node_allow_lan_access,
+            advertise_connector: prefs.app_connector.advertise,
+            shields_up: prefs.shields_up,
+            no_snat: prefs.no_snat,
+            netfilter_mode: prefs.netfilter_mode,
+            operator: prefs.operator_user.clone(),
         };
         let hostname = self.p.desired.hostname.clone();
         match plan::plan(&current, &self.p.desired) {

@@ -2,7 +2,7 @@
 //! from what tailscaled reports: nothing, `tailscale set`, or `tailscale up`. Pure logic;
 //! the effects (running the CLI) are the bring-up's.
 
-use crate::config::Config;
+use crate::config::{Config, UpFlags};
 use crate::duration;
 use crate::localapi::BackendState;
 
@@ -12,9 +12,13 @@ pub struct Desired {
     pub hostname: String,
     pub accept_dns: bool,
     pub advertise_tags: Vec<String>,
-    pub advertise_routes: Vec<String>,
+    /// `None`: left as they are.
+    pub advertise_routes: Option<Vec<String>>,
     pub login_server: Option<String>,
     pub up_timeout: String,
+    /// The node settings given as `up` flags in the extra arguments.
+    pub flags: UpFlags,
+    /// The extra `up` arguments that are not node settings tsinit reads.
     pub extra_up_args: Vec<String>,
     /// Tailscale SSH (`--ssh`).
     pub ssh: bool,
@@ -24,10 +28,6 @@ impl Desired {
     /// `default_hostname` is used when the configuration names none.
     pub fn from_config(config: &Config, default_hostname: &str) -> Desired {
         let t = &config.tailscale;
-        // `--ssh` in the extra `up` arguments (as TS_EXTRA_ARGS often has it) counts as
-        // ssh = true, so a restart does not take SSH away with `set --ssh=false`.
-        let is_ssh = |a: &String| ssh_flag(a).is_some();
-        let ssh_in_extra = t.extra_up_args.iter().any(|a| ssh_flag(a) == Some(true));
         Desired {
             hostname: t
                 .hostname
@@ -38,29 +38,14 @@ impl Desired {
             advertise_routes: t.advertise_routes.clone(),
             login_server: t.login_server.clone(),
             up_timeout: duration::format(t.up_timeout),
-            extra_up_args: t
-                .extra_up_args
-                .iter()
-                .filter(|a| !is_ssh(a))
-                .cloned()
-                .collect(),
-            ssh: config.ssh || ssh_in_extra,
+            flags: t.up_flags.clone(),
+            extra_up_args: t.extra_up_args.clone(),
+            ssh: config.ssh,
         }
     }
-}
 
-/// The value of an `--ssh` flag as Go's flag package reads it (`-ssh`, `--ssh=t`, ...);
-/// `None` for other arguments.
-fn ssh_flag(arg: &str) -> Option<bool> {
-    let flag = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    match flag.split_once('=') {
-        None => (flag == "ssh").then_some(true),
-        Some(("ssh", value)) => match value {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-            _ => None,
-        },
-        Some(_) => None,
+    fn stateful_filtering(&self) -> bool {
+        self.flags.stateful_filtering.unwrap_or(false)
     }
 }
 
@@ -72,9 +57,41 @@ pub struct Current {
     pub corp_dns: bool,
     pub no_stateful_filtering: bool,
     pub advertise_tags: Vec<String>,
+    /// Exit-node routes (0.0.0.0/0 and ::/0) included, as prefs hold them.
     pub advertise_routes: Vec<String>,
     pub control_url: String,
     pub run_ssh: bool,
+    pub route_all: bool,
+    /// Whether an exit node is in use (by ID or IP).
+    pub uses_exit_node: bool,
+    pub exit_node_allow_lan_access: bool,
+    pub advertise_connector: bool,
+    pub shields_up: bool,
+    pub no_snat: bool,
+    /// 0 off, 1 nodivert, 2 on.
+    pub netfilter_mode: u8,
+    pub operator: String,
+}
+
+/// Whether `route` is one of the two an exit node advertises.
+fn is_exit_route(route: &str) -> bool {
+    route == "0.0.0.0/0" || route == "::/0"
+}
+
+impl Current {
+    fn routes(&self) -> Vec<String> {
+        let mut r = self.advertise_routes.clone();
+        r.retain(|r| !is_exit_route(r));
+        r
+    }
+
+    fn advertises_exit_node(&self) -> bool {
+        self.advertise_routes
+            .iter()
+            .filter(|r| is_exit_route(r))
+            .count()
+            == 2
+    }
 }
 
 /// What to do to reach the desired state.
@@ -159,23 +176,79 @@ pub fn plan(current: &Current, desired: &Desired) -> Plan {
 /// The `tailscale set` arguments for what differs among the settings `set` can change.
 fn set_args(current: &Current, desired: &Desired) -> Vec<String> {
     let mut set = Vec::new();
-    if current.hostname != desired.hostname {
-        set.push(format!("--hostname={}", desired.hostname));
+    let mut differs = |differ: bool, arg: String| {
+        if differ {
+            set.push(arg);
+        }
+    };
+    differs(
+        current.hostname != desired.hostname,
+        format!("--hostname={}", desired.hostname),
+    );
+    differs(
+        current.corp_dns != desired.accept_dns,
+        format!("--accept-dns={}", desired.accept_dns),
+    );
+    differs(
+        current.no_stateful_filtering == desired.stateful_filtering(),
+        format!("--stateful-filtering={}", desired.stateful_filtering()),
+    );
+    if let Some(routes) = &desired.advertise_routes {
+        // `set --advertise-routes` keeps the exit-node routes as they are.
+        differs(
+            !same_set(&current.routes(), routes),
+            format!("--advertise-routes={}", routes.join(",")),
+        );
     }
-    if current.corp_dns != desired.accept_dns {
-        set.push(format!("--accept-dns={}", desired.accept_dns));
+    differs(
+        current.run_ssh != desired.ssh,
+        format!("--ssh={}", desired.ssh),
+    );
+    let f = &desired.flags;
+    let bool_flag = |want: Option<bool>, have: bool, name: &str| match want {
+        Some(want) if want != have => Some(format!("--{name}={want}")),
+        _ => None,
+    };
+    let flags = [
+        bool_flag(
+            f.advertise_exit_node,
+            current.advertises_exit_node(),
+            "advertise-exit-node",
+        ),
+        bool_flag(f.accept_routes, current.route_all, "accept-routes"),
+        bool_flag(
+            f.exit_node_allow_lan_access,
+            current.exit_node_allow_lan_access,
+            "exit-node-allow-lan-access",
+        ),
+        bool_flag(
+            f.advertise_connector,
+            current.advertise_connector,
+            "advertise-connector",
+        ),
+        bool_flag(f.shields_up, current.shields_up, "shields-up"),
+        bool_flag(f.snat_subnet_routes, !current.no_snat, "snat-subnet-routes"),
+    ];
+    set.extend(flags.into_iter().flatten());
+    // Which exit node is in use is compared by whether there is one: its name or IP
+    // resolves to a node ID only against the netmap.
+    match f.exit_node.as_deref() {
+        Some("") if current.uses_exit_node => set.push("--exit-node=".to_string()),
+        Some(node) if !node.is_empty() && !current.uses_exit_node => {
+            set.push(format!("--exit-node={node}"));
+        }
+        _ => {}
     }
-    if !current.no_stateful_filtering {
-        set.push("--stateful-filtering=false".to_string());
+    if let Some(mode) = &f.netfilter_mode {
+        let have = ["off", "nodivert", "on"].get(usize::from(current.netfilter_mode));
+        if have != Some(&mode.as_str()) {
+            set.push(format!("--netfilter-mode={mode}"));
+        }
     }
-    if !same_set(&current.advertise_routes, &desired.advertise_routes) {
-        set.push(format!(
-            "--advertise-routes={}",
-            desired.advertise_routes.join(",")
-        ));
-    }
-    if current.run_ssh != desired.ssh {
-        set.push(format!("--ssh={}", desired.ssh));
+    if let Some(user) = &f.operator
+        && *user != current.operator
+    {
+        set.push(format!("--operator={user}"));
     }
     set
 }
@@ -186,7 +259,7 @@ pub fn up_args(desired: &Desired) -> Vec<String> {
         "--reset".to_string(),
         format!("--hostname={}", desired.hostname),
         format!("--accept-dns={}", desired.accept_dns),
-        "--stateful-filtering=false".to_string(),
+        format!("--stateful-filtering={}", desired.stateful_filtering()),
         format!("--timeout={}", desired.up_timeout),
     ];
     if !desired.advertise_tags.is_empty() {
@@ -195,17 +268,38 @@ pub fn up_args(desired: &Desired) -> Vec<String> {
             desired.advertise_tags.join(",")
         ));
     }
-    if !desired.advertise_routes.is_empty() {
-        args.push(format!(
-            "--advertise-routes={}",
-            desired.advertise_routes.join(",")
-        ));
+    if let Some(routes) = desired.advertise_routes.as_ref().filter(|r| !r.is_empty()) {
+        args.push(format!("--advertise-routes={}", routes.join(",")));
     }
     if let Some(server) = &desired.login_server {
         args.push(format!("--login-server={server}"));
     }
     if desired.ssh {
         args.push("--ssh".to_string());
+    }
+    let f = &desired.flags;
+    let bools = [
+        ("advertise-exit-node", f.advertise_exit_node),
+        ("accept-routes", f.accept_routes),
+        ("exit-node-allow-lan-access", f.exit_node_allow_lan_access),
+        ("advertise-connector", f.advertise_connector),
+        ("shields-up", f.shields_up),
+        ("snat-subnet-routes", f.snat_subnet_routes),
+    ];
+    for (name, value) in bools {
+        if let Some(value) = value {
+            args.push(format!("--{name}={value}"));
+        }
+    }
+    let texts = [
+        ("exit-node", &f.exit_node),
+        ("netfilter-mode", &f.netfilter_mode),
+        ("operator", &f.operator),
+    ];
+    for (name, value) in texts {
+        if let Some(value) = value {
+            args.push(format!("--{name}={value}"));
+        }
     }
     args.extend(desired.extra_up_args.iter().cloned());
     args
@@ -220,10 +314,14 @@ mod tests {
             hostname: "web".into(),
             accept_dns: false,
             advertise_tags: vec![],
-            advertise_routes: vec!["10.0.0.0/8".into()],
+            advertise_routes: Some(vec!["10.0.0.0/8".into()]),
             login_server: None,
             up_timeout: "60s".into(),
-            extra_up_args: vec!["--shields-up".into()],
+            flags: UpFlags {
+                shields_up: Some(true),
+                ..UpFlags::default()
+            },
+            extra_up_args: vec!["--nickname=n".into()],
             ssh: false,
         }
     }
@@ -236,6 +334,8 @@ mod tests {
             no_stateful_filtering: true,
             advertise_routes: vec!["10.0.0.0/8".into()],
             control_url: "https://controlplane.tailscale.com".into(),
+            shields_up: true,
+            netfilter_mode: 2,
             ..Current::default()
         }
     }
@@ -345,25 +445,109 @@ mod tests {
         assert!(!up_args(&desired()).iter().any(|a| a.starts_with("--ssh")));
     }
 
+    /// The desired state for a configuration with `extra` as TS_EXTRA_ARGS.
+    fn desired_with(extra: &str) -> Desired {
+        let env = |name: &str| (name == "TS_EXTRA_ARGS").then(|| extra.to_string());
+        let config = crate::config::from_text("test", "", &env).unwrap();
+        Desired::from_config(&config, "web")
+    }
+
     #[test]
-    fn ssh_in_extra_up_args_counts_as_ssh_on() {
-        let mut config = Config::default();
-        config.tailscale.extra_up_args = vec!["--ssh".into(), "--shields-up".into()];
-        let d = Desired::from_config(&config, "h");
-        assert!(d.ssh);
-        assert_eq!(d.extra_up_args, ["--shields-up"]);
-        config.tailscale.extra_up_args = vec!["--ssh=false".into()];
-        assert!(!Desired::from_config(&config, "h").ssh);
-        for on in ["-ssh", "--ssh=1", "-ssh=t", "--ssh=True"] {
-            config.tailscale.extra_up_args = vec![on.into(), "--sshx".into()];
-            let d = Desired::from_config(&config, "h");
-            assert!(d.ssh, "{on}");
-            assert_eq!(d.extra_up_args, ["--sshx"], "{on}");
+    fn settings_in_extra_up_args_are_kept_at_every_boot() {
+        // An exit node with MagicDNS, a route, a hostname: after the first `up`, tailscaled
+        // holds them; nothing is set back.
+        let d = desired_with(
+            "--advertise-exit-node --accept-dns=true --advertise-routes=10.1.0.0/16 \
+             --hostname=edge --accept-routes --shields-up=false --snat-subnet-routes=false \
+             --exit-node-allow-lan-access --operator=app --netfilter-mode=nodivert \
+             --stateful-filtering",
+        );
+        let up = up_args(&d);
+        for flag in [
+            "--accept-dns",
+            "--hostname",
+            "--stateful-filtering",
+            "--advertise-routes",
+        ] {
+            let n = up
+                .iter()
+                .filter(|a| a.split('=').next() == Some(flag))
+                .count();
+            assert_eq!(n, 1, "{flag} once in {up:?}");
         }
-        config.tailscale.extra_up_args = vec!["-ssh=F".into()];
-        assert!(!Desired::from_config(&config, "h").ssh);
-        config.ssh = true;
-        assert!(Desired::from_config(&config, "h").ssh);
+        let after_first_up = Current {
+            state: BackendState::Running,
+            hostname: "edge".into(),
+            corp_dns: true,
+            no_stateful_filtering: false,
+            advertise_routes: vec!["10.1.0.0/16".into(), "0.0.0.0/0".into(), "::/0".into()],
+            route_all: true,
+            exit_node_allow_lan_access: true,
+            no_snat: true,
+            netfilter_mode: 1,
+            operator: "app".into(),
+            ..Current::default()
+        };
+        assert_eq!(plan(&after_first_up, &d), Plan::Nothing);
+        // Drift in each is set back to what the configuration says, and only that.
+        let drifted = Current {
+            advertise_routes: vec!["10.1.0.0/16".into()],
+            corp_dns: false,
+            route_all: false,
+            ..after_first_up.clone()
+        };
+        assert_eq!(
+            plan(&drifted, &d),
+            Plan::Set(vec![
+                "--accept-dns=true".into(),
+                "--advertise-exit-node=true".into(),
+                "--accept-routes=true".into(),
+            ])
+        );
+    }
+
+    #[test]
+    fn routes_left_alone_unless_configured() {
+        let hand_made = Current {
+            advertise_routes: vec!["192.168.9.0/24".into(), "0.0.0.0/0".into(), "::/0".into()],
+            ..running()
+        };
+        let unset = Desired {
+            advertise_routes: None,
+            ..desired()
+        };
+        assert_eq!(plan(&hand_made, &unset), Plan::Nothing);
+        // Empty: none advertised (the exit node is another setting).
+        let empty = Desired {
+            advertise_routes: Some(vec![]),
+            ..desired()
+        };
+        assert_eq!(
+            plan(&hand_made, &empty),
+            Plan::Set(vec!["--advertise-routes=".into()])
+        );
+        assert!(
+            !up_args(&empty)
+                .iter()
+                .any(|a| a.starts_with("--advertise-routes"))
+        );
+    }
+
+    #[test]
+    fn exit_node_use_is_compared_by_presence() {
+        let mut d = desired();
+        d.flags.exit_node = Some("100.64.0.9".into());
+        assert_eq!(
+            plan(&running(), &d),
+            Plan::Set(vec!["--exit-node=100.64.0.9".into()])
+        );
+        let using = Current {
+            uses_exit_node: true,
+            ..running()
+        };
+        assert_eq!(plan(&using, &d), Plan::Nothing);
+        d.flags.exit_node = Some(String::new());
+        assert_eq!(plan(&using, &d), Plan::Set(vec!["--exit-node=".into()]));
     }
 
     #[test]
@@ -404,7 +588,8 @@ mod tests {
                 "--advertise-tags=tag:a,tag:b",
                 "--advertise-routes=10.0.0.0/8",
                 "--login-server=http://127.0.0.1:9",
-                "--shields-up",
+                "--shields-up=true",
+                "--nickname=n",
             ]
         );
     }

@@ -13,11 +13,13 @@ mod raw;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod upflags;
 
 use raw::Raw;
 use settings::{AS_IS, SETTINGS};
 pub(crate) use settings::{CONTAINERBOOT_ENV, KEYS};
 pub use settings::{check_hostname, check_routes, check_tag};
+pub use upflags::UpFlags;
 
 /// The configuration file read when neither --config nor TSINIT_CONFIG names one.
 pub const DEFAULT_PATH: &str = "/etc/tsinit/tsinit.toml";
@@ -83,6 +85,8 @@ pub struct Config {
     pub hosts: Hosts,
     /// Where the file part came from, for the debug log.
     pub source: String,
+    /// The keys set explicitly (by the file or the environment), not by default.
+    pub given: Vec<&'static str>,
 }
 
 /// The `[hosts]` section: the managed block of the hosts file.
@@ -110,8 +114,12 @@ pub struct Tailscale {
     pub login_server: Option<String>,
     pub accept_dns: bool,
     pub advertise_tags: Vec<String>,
-    pub advertise_routes: Vec<String>,
+    /// `None`: not managed (TS_ROUTES unset); `Some([])`: none advertised.
+    pub advertise_routes: Option<Vec<String>>,
     pub up_timeout: Duration,
+    /// The node settings read out of `extra_up_args`.
+    pub up_flags: UpFlags,
+    /// The extra `up` arguments tsinit does not read (passed to `tailscale up`).
     pub extra_up_args: Vec<String>,
     /// Secrets found in the extra `up` arguments (taken out of `extra_up_args`).
     pub up_secrets: Vec<crate::bringup::identity::SecretArg>,
@@ -150,8 +158,9 @@ impl Default for Config {
                 login_server: None,
                 accept_dns: false,
                 advertise_tags: Vec::new(),
-                advertise_routes: Vec::new(),
+                advertise_routes: None,
                 up_timeout: Duration::from_secs(60),
+                up_flags: UpFlags::default(),
                 extra_up_args: Vec::new(),
                 up_secrets: Vec::new(),
                 tailscaled_args: Vec::new(),
@@ -171,6 +180,7 @@ impl Default for Config {
                 online_only: false,
             },
             source: "built-in defaults".to_string(),
+            given: Vec::new(),
         }
     }
 }
@@ -371,7 +381,18 @@ pub fn from_text(
             origin: format!("{name}={value:?}"),
             message,
         })?;
+        config.given.push(setting.key);
     }
+    let given = config.given.clone();
+    upflags::merge(&mut config, &|key| given.contains(&key)).map_err(|message| {
+        let var = |name: &str| env(name).map(|v| format!("{name}={v:?}"));
+        ConfigError {
+            origin: var(&env_name("tailscale.extra_up_args"))
+                .or_else(|| var("TS_EXTRA_ARGS"))
+                .unwrap_or_else(|| format!("{origin}: tailscale.extra_up_args")),
+            message,
+        }
+    })?;
     crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
         origin: match env(&env_name("serve_ports")) {
             Some(v) if message.contains("serve_ports") => {

@@ -121,8 +121,9 @@ pub(crate) const SETTINGS: &[Setting] = &[
         c.tailscale.advertise_tags.iter().try_for_each(|tag| check_tag(tag))?;
     }),
     setting!("tailscale.advertise_routes", [ts("TS_ROUTES")], |c, raw| {
-        c.tailscale.advertise_routes = list_value(raw)?;
-        check_routes(&c.tailscale.advertise_routes)?;
+        let routes = list_value(raw)?;
+        check_routes(&routes)?;
+        c.tailscale.advertise_routes = Some(routes);
     }),
     setting!("tailscale.up_timeout", [], |c, raw| c.tailscale.up_timeout = timeout_value(raw)?),
     setting!("tailscale.extra_up_args", [ts("TS_EXTRA_ARGS")], |c, raw|
@@ -193,7 +194,11 @@ pub(crate) const CONTAINERBOOT_ENV: [(&str, &str); CONTAINERBOOT_VARS] = {
 /// Sets the setting `key` (one of [`KEYS`]) from `raw`.
 pub(super) fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), String> {
     match SETTINGS.iter().find(|s| s.key == key) {
-        Some(setting) => (setting.set)(config, raw),
+        Some(setting) => {
+            (setting.set)(config, raw)?;
+            config.given.push(setting.key);
+            Ok(())
+        }
         None => Err(format!("unknown setting `{key}`")),
     }
 }

@@ -8,7 +8,11 @@ fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    from_text("FILE", text, &|k| env.get(k).cloned())
+    // Which settings were given is bookkeeping for reading TS_EXTRA_ARGS, not a value.
+    from_text("FILE", text, &|k| env.get(k).cloned()).map(|mut c| {
+        c.given.clear();
+        c
+    })
 }
 
 #[test]
@@ -49,6 +53,10 @@ fn embedded_default_documents_every_key_with_its_default_and_env_name() {
     }
     let mut config = Config::default();
     apply_file(&mut config, &uncommented, "x").unwrap();
+    config.given.clear();
+    // Routes are left alone unless set; the documented `[]` is how to withdraw them.
+    assert_eq!(config.tailscale.advertise_routes, Some(vec![]));
+    config.tailscale.advertise_routes = None;
     assert_eq!(config, Config::default());
 }
 
@@ -133,7 +141,9 @@ fn tailscale_section_and_environment_compatibility() {
     assert_eq!(c.networking, Networking::Kernel);
     assert_eq!(c.tailscale.hostname.as_deref(), Some("from-file"));
     assert_eq!(c.tailscale.advertise_tags, ["tag:a"]);
-    assert_eq!(c.tailscale.extra_up_args, ["--ssh"]);
+    // `--ssh` is a node setting: read into the configuration, not passed on as is.
+    assert!(c.ssh);
+    assert!(c.tailscale.extra_up_args.is_empty());
 
     let c = load_text(
         file,
@@ -153,10 +163,12 @@ fn tailscale_section_and_environment_compatibility() {
     assert_eq!(c.networking, Networking::Userspace);
     assert_eq!(c.tailscale.hostname.as_deref(), Some("from-ts-env"));
     assert_eq!(
-        c.tailscale.advertise_routes,
-        ["10.0.0.0/8", "192.168.0.0/16"]
+        c.tailscale.advertise_routes.as_deref(),
+        Some(&["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()][..])
     );
-    assert_eq!(c.tailscale.extra_up_args, ["--ssh", "--shields-up"]);
+    assert!(c.ssh);
+    assert_eq!(c.tailscale.up_flags.shields_up, Some(true));
+    assert!(c.tailscale.extra_up_args.is_empty());
     assert!(c.tailscale.accept_dns);
     assert_eq!(c.tailscale.state_dir, PathBuf::from("/data/ts"));
     assert_eq!(c.tailscale.advertise_tags, ["tag:x", "tag:y"]);
@@ -490,7 +502,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("tailscale.advertise_tags", "tag:web,tag:db"),
     ("tailscale.advertise_routes", "10.0.0.0/8"),
     ("tailscale.up_timeout", "90s"),
-    ("tailscale.extra_up_args", "--shields-up"),
+    ("tailscale.extra_up_args", "--nickname=box"),
     ("tailscale.tailscaled_args", "--verbose=1"),
     ("tailscale.socks5_server", "localhost:2000"),
     ("tailscale.http_proxy", "localhost:2001"),
@@ -634,5 +646,89 @@ fn every_setting_is_read_from_its_variables_and_the_file() {
             let got = load_text("", &[(ts.name, value)]);
             assert_eq!(got, Ok(want.clone()), "{}={value:?}", ts.name);
         }
+    }
+}
+
+/// TS_EXTRA_ARGS as the official image's users write it: the node settings in it are
+/// read into the configuration (given once, kept at every boot), contradictions with a
+/// dedicated setting are one clear error, and what tsinit does not read passes on.
+#[test]
+fn up_flags_in_extra_args_are_settings() {
+    let c = load_text(
+        "",
+        &[(
+            "TS_EXTRA_ARGS",
+            "--advertise-exit-node --accept-dns=true --hostname edge -advertise-tags=tag:a,tag:b \
+             --exit-node= --netfilter-mode off --reset --json --some-new-flag v",
+        )],
+    )
+    .unwrap();
+    let t = &c.tailscale;
+    assert!(t.accept_dns);
+    assert_eq!(t.hostname.as_deref(), Some("edge"));
+    assert_eq!(t.advertise_tags, ["tag:a", "tag:b"]);
+    assert_eq!(t.up_flags.advertise_exit_node, Some(true));
+    assert_eq!(t.up_flags.exit_node.as_deref(), Some(""));
+    assert_eq!(t.up_flags.netfilter_mode.as_deref(), Some("off"));
+    assert_eq!(t.advertise_routes, None, "routes: not given, left alone");
+    assert_eq!(t.extra_up_args, ["--json", "--some-new-flag", "v"]);
+
+    // The same value twice over is fine; a contradiction names both.
+    let same = [("TS_ACCEPT_DNS", "true"), ("TS_EXTRA_ARGS", "--accept-dns")];
+    assert!(load_text("", &same).unwrap().tailscale.accept_dns);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("TS_ACCEPT_DNS", "false"),
+                ("TS_EXTRA_ARGS", "--accept-dns=true"),
+            ],
+            "TS_EXTRA_ARGS=\"--accept-dns=true\": `--accept-dns=true` contradicts \
+             tailscale.accept_dns = false (also set): give the setting once",
+        ),
+        (
+            &[("TS_HOSTNAME", "a"), ("TS_EXTRA_ARGS", "--hostname=b")],
+            "TS_EXTRA_ARGS=\"--hostname=b\": `--hostname=b` contradicts tailscale.hostname = a \
+             (also set): give the setting once",
+        ),
+        (
+            &[
+                ("TS_ROUTES", ""),
+                ("TS_EXTRA_ARGS", "--advertise-routes 10.0.0.0/8"),
+            ],
+            "TS_EXTRA_ARGS=\"--advertise-routes 10.0.0.0/8\": `--advertise-routes 10.0.0.0/8` \
+             contradicts tailscale.advertise_routes = [] (also set): give the setting once",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--ssh --ssh=false")],
+            "TS_EXTRA_ARGS=\"--ssh --ssh=false\": `--ssh` is given twice: give it once",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--accept-dns=yes")],
+            "TS_EXTRA_ARGS=\"--accept-dns=yes\": `--accept-dns=yes`: `yes` is not a boolean \
+             (true, false, 1, 0, t, f)",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--hostname")],
+            "TS_EXTRA_ARGS=\"--hostname\": `--hostname` needs a value",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--advertise-tags=eng")],
+            "TS_EXTRA_ARGS=\"--advertise-tags=eng\": `eng`: tags must start with \"tag:\" \
+             (e.g. \"tag:container\")",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--force-reauth")],
+            "TS_EXTRA_ARGS=\"--force-reauth\": `--force-reauth` would register the node again \
+             at every boot; tsinit never re-registers a node: remove it",
+        ),
+        (
+            &[("TS_EXTRA_ARGS", "--ssh up")],
+            "TS_EXTRA_ARGS=\"--ssh up\": `up` is not a flag (`tailscale up` takes only flags, \
+             each starting with `--`)",
+        ),
+    ];
+    for (env, want) in cases {
+        let err = load_text("", env).unwrap_err();
+        assert_eq!(err.to_string(), *want, "{env:?}");
     }
 }

@@ -585,6 +585,7 @@ mod tests {
             corp_dns: true,
             logged_out: true,
             no_stateful_filtering: true,
+            netfilter_mode: 2,
             ..Default::default()
         };
         assert_eq!(prefs, want);

@@ -91,8 +91,26 @@ pub struct Prefs {
     pub no_stateful_filtering: bool,
     #[serde(rename = "NoSNAT")]
     pub no_snat: bool,
+    #[serde(rename = "ExitNodeID")]
+    pub exit_node_id: String,
+    /// An address, or "" (none).
+    #[serde(rename = "ExitNodeIP")]
+    pub exit_node_ip: String,
+    #[serde(rename = "ExitNodeAllowLANAccess")]
+    pub exit_node_allow_lan_access: bool,
+    pub app_connector: AppConnector,
+    /// 0 off, 1 nodivert, 2 on.
+    pub netfilter_mode: u8,
+    pub operator_user: String,
     /// The persisted login (keys redacted); null when the node never logged in.
     pub config: Option<serde_json::Value>,
+}
+
+/// Prefs.AppConnector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AppConnector {
+    pub advertise: bool,
 }
 
 impl Prefs {

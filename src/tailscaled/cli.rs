@@ -51,7 +51,12 @@ pub fn start(
         memfd_create(c"tailscale-output", MFdFlags::MFD_CLOEXEC).map_err(|e| io("memfd", &e))?;
     let output = File::from(output);
     let mut secret_fds: Vec<(&str, OwnedFd)> = Vec::new();
+    let mut locators = Vec::new();
     for (flag, value) in secrets {
+        if crate::bringup::identity::is_locator(value) {
+            locators.push(format!("--{flag}={value}"));
+            continue;
+        }
         // Not close-on-exec: the CLI reads it as /proc/self/fd/N.
         let fd =
             memfd_create(c"tailscale-secret", MFdFlags::empty()).map_err(|e| io("memfd", &e))?;
@@ -64,6 +69,7 @@ pub fn start(
     for (flag, fd) in &secret_fds {
         cmd.arg(format!("--{flag}=file:/proc/self/fd/{}", fd.as_raw_fd()));
     }
+    cmd.args(&locators);
     let interactive = args.first().is_some_and(|a| a == "up") && secrets.is_empty();
     let out = output.try_clone().map_err(|e| io("dup", &e))?;
     let err = output.try_clone().map_err(|e| io("dup", &e))?;

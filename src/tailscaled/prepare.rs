@@ -110,6 +110,13 @@ pub fn prepare(
         }
     };
     let desired = Desired::from_config(config, &identity::default_hostname(&hostname, env));
+    if !desired.extra_up_args.is_empty() {
+        info!(
+            "extra `tailscale up` arguments passed on as given at a login: {} (tsinit does \
+             not read them, so later boots do not check them)",
+            desired.extra_up_args.join(" ")
+        );
+    }
     let serve = ServeSetup::from_config(config)?;
     if !serve.ports.is_empty() && !userspace {
         info!(

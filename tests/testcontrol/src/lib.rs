@@ -46,6 +46,9 @@ pub struct NodeInfo {
     pub logged_out: bool,
     /// Added with [`TestControl::add_fake_peer`].
     pub fake: bool,
+    /// Hostinfo as the client last reported it (e.g. `RoutableIPs`: the routes it
+    /// advertises).
+    pub hostinfo: serde_json::Value,
 }
 
 pub(crate) struct Shared {
@@ -233,6 +236,7 @@ impl TestControl {
                 online: n.online(),
                 logged_out: n.logged_out,
                 fake: n.fake,
+                hostinfo: n.hostinfo.clone(),
             })
             .collect()
     }
