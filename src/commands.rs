@@ -185,10 +185,11 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
         say!("login: {}", status.auth_url);
     }
     if let Ok(prefs) = api.prefs() {
-        let ssh_cap = status
-            .self_
-            .as_ref()
-            .is_some_and(|s| s.cap_map.contains_key("https://tailscale.com/cap/ssh"));
+        let ssh_cap = status.self_.as_ref().is_some_and(|s| {
+            s.cap_map
+                .iter()
+                .any(|c| c == "https://tailscale.com/cap/ssh")
+        });
         say!(
             "ssh: {}",
             match (prefs.run_ssh, ssh_cap) {

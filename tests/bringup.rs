@@ -564,11 +564,17 @@ fn row08_a_hung_local_api_fails_within_boot_timeout() {
     );
 }
 
+/// Three entries: TCP 9999 and 7000, HTTP 80.
 const SERVE_TOML: &str = r#"
 [[serve]]
 proto = "tcp"
 port = 9999
 target = "9999"
+
+[[serve]]
+proto = "tcp"
+port = 7000
+target = "7000"
 
 [[serve]]
 proto = "http"
@@ -585,7 +591,6 @@ fn row09_serve_retries_once_on_412_and_keeps_what_another_writer_set() {
             "state": "Running", "logged_in": true, "netmap": true,
             "prefs": in_step(json!({})), "serve_conflict": theirs,
         }),
-        env: vec![("TSINIT_SERVE_PORTS", "7000")],
         config: Some(SERVE_TOML),
         calls: vec![],
         ..Row::default()

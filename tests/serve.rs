@@ -67,7 +67,10 @@ fn serve_changes(stderr: &str) -> Vec<String> {
 }
 
 const V1: &str = r#"
-serve_ports = [7000]
+[[serve]]
+proto = "tcp"
+port = 7000
+target = "7000"
 
 [[serve]]
 proto = "tcp"
@@ -80,9 +83,12 @@ port = 80
 target = "3000"
 "#;
 
-/// The edit: 9999 removed, 80 to another target, serve_ports as before.
+/// The edit: 9999 removed, 80 to another target, 7000 as before.
 const V2: &str = r#"
-serve_ports = [7000]
+[[serve]]
+proto = "tcp"
+port = 7000
+target = "7000"
 
 [[serve]]
 proto = "http"

@@ -335,6 +335,99 @@ fn logout_on_exit_logs_the_node_out_at_shutdown() {
 /// Two tsinit nodes in two namespaces joined by a veth, kernel networking: each finds
 /// the other by name in its /etc/hosts (bind-mounted over, as Docker does, in each
 /// node's own mount namespace) and a TCP connection crosses the tailnet.
+/// tsinit as PID 1 of a node called `name` in `ns`, with `networking`, its own
+/// /etc/hosts (bind-mounted), logging in to `control` and running `script`.
+fn tailnet_node(
+    ns: &NetNs,
+    dir: &TempDir,
+    control: &TestControl,
+    name: &str,
+    networking: &str,
+    script: &str,
+) -> Running {
+    let hosts = common::test_hosts_file(dir.path());
+    let mut cmd = ns.cmd("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child=SIGKILL",
+        "sh",
+        "-c",
+    ])
+    .arg("mount --bind \"$NODE_HOSTS\" /etc/hosts && exec \"$TSINIT\" -- sh -c \"$SCRIPT\"");
+    common::tailscale_env(&mut cmd, dir.path());
+    cmd.env("NODE_HOSTS", &hosts)
+        .env("TSINIT", common::tsinit_bin())
+        .env("SCRIPT", script)
+        .env("TSINIT_HOSTS_PATH", "/etc/hosts")
+        .env("TSINIT_NETWORKING", networking)
+        .env("TSINIT_TAILSCALE_HOSTNAME", name)
+        .env("TSINIT_TAILSCALE_LOGIN_SERVER", control.url())
+        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
+        .env("TS_DEBUG_USE_DERP_HTTP", "1")
+        .env("TS_AUTHKEY", KEY);
+    Running::start(cmd)
+}
+
+/// A client script for a kernel-mode node: waits until `peer` is in its hosts file, then
+/// prints the first line `peer:port` sends.
+fn fetch_line(peer: &str, port: u16) -> String {
+    format!(
+        r#"
+        end=$(( $(date +%s) + 20 ))
+        until getent hosts {peer} >/dev/null; do
+            [ "$(date +%s)" -lt "$end" ] || {{ echo "{peer} never appeared in /etc/hosts"; exit 1; }}
+            sleep 0.05
+        done
+        bash -c 'exec 3<>/dev/tcp/{peer}/{port} && head -n 1 <&3'
+    "#
+    )
+}
+
+/// A one-connection server on `addr`:`port` that sends `line`.
+fn serve_line(addr: &str, port: u16, line: &str) -> String {
+    format!(
+        "python3 -c \"import socket; s = socket.socket(); \
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+         s.bind(('{addr}', {port})); s.listen(); print('listening', flush=True); \
+         c, _ = s.accept(); c.sendall(b'{line}' + bytes([10])); c.close()\""
+    )
+}
+
+/// What tailscaled 1.96.4 does in userspace mode with inbound TCP to the node's tailnet
+/// address and no serve config: it connects to 127.0.0.1 on the same port. A workload
+/// listening only on loopback is reachable from the tailnet without anything served.
+#[test]
+fn userspace_mode_forwards_inbound_tcp_to_loopback_without_serve() {
+    let a = NetNs::new();
+    let b = NetNs::new();
+    a.join(&b, "10.232.0");
+    let control = TestControl::start_in_netns(&a.name, "10.232.0.1:0").expect("control");
+    control.set_valid_keys(&[KEY]);
+    let (dir_a, dir_b) = (TempDir::new("us-a"), TempDir::new("us-b"));
+    let server = serve_line("127.0.0.1", 8080, "hello from a loopback-only server");
+    let mut node_a = tailnet_node(&a, &dir_a, &control, "usera", "userspace", &server);
+    node_a.wait_stdout("listening");
+    let mut node_b = tailnet_node(
+        &b,
+        &dir_b,
+        &control,
+        "userb",
+        "kernel",
+        &fetch_line("usera", 8080),
+    );
+    assert_eq!(node_b.code(), 0, "{}\n{}", node_b.stdout(), node_b.stderr());
+    assert!(
+        node_b
+            .stdout()
+            .contains("hello from a loopback-only server"),
+        "{}",
+        node_b.stdout()
+    );
+    assert_eq!(node_a.code(), 0, "{}", node_a.stderr());
+}
+
 #[test]
 fn two_nodes_find_each_other_by_name_and_talk_over_the_tailnet() {
     let machine_hosts = std::fs::read("/etc/hosts").unwrap();
@@ -345,29 +438,7 @@ fn two_nodes_find_each_other_by_name_and_talk_over_the_tailnet() {
     control.set_valid_keys(&[KEY]);
 
     let node = |ns: &NetNs, dir: &TempDir, name: &str, script: &str| {
-        let hosts = common::test_hosts_file(dir.path());
-        let mut cmd = ns.cmd("unshare");
-        cmd.args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child=SIGKILL",
-            "sh",
-            "-c",
-        ])
-        .arg("mount --bind \"$NODE_HOSTS\" /etc/hosts && exec \"$TSINIT\" -- sh -c \"$SCRIPT\"");
-        common::tailscale_env(&mut cmd, dir.path());
-        cmd.env("NODE_HOSTS", &hosts)
-            .env("TSINIT", common::tsinit_bin())
-            .env("SCRIPT", script)
-            .env("TSINIT_HOSTS_PATH", "/etc/hosts")
-            .env("TSINIT_NETWORKING", "kernel")
-            .env("TSINIT_TAILSCALE_HOSTNAME", name)
-            .env("TSINIT_TAILSCALE_LOGIN_SERVER", control.url())
-            .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
-            .env("TS_DEBUG_USE_DERP_HTTP", "1")
-            .env("TS_AUTHKEY", KEY);
-        Running::start(cmd)
+        tailnet_node(ns, dir, &control, name, "kernel", script)
     };
     let (dir_a, dir_b) = (TempDir::new("node-a"), TempDir::new("node-b"));
     let server = "python3 -c \"import socket; s = socket.socket(); \

@@ -7,24 +7,22 @@ use log::info;
 
 use super::SETTLE_WAIT;
 use super::step::{Failure, Step, hung};
-use crate::localapi::{self, Answer, PREFS, Prefs, Request, SSH_CAPABILITY, STATUS, Status};
+use crate::localapi::{self, Answer, PREFS, Prefs, Request, SSH_CAPABILITY, Status};
 use crate::serve::apply::{Job, JobError};
 use crate::tailscaled::{Phase, Tailscaled};
 
-/// `req`'s answer decoded as JSON (`None` while it is pending); a failed or undecodable
-/// answer as `fail` words it, no answer in time as tailscaled hung.
-fn answer<T: serde::de::DeserializeOwned>(
+/// `req`'s answer as `decode` reads it (`None` while it is pending); a failed or
+/// undecodable answer as `fail` words it, no answer in time as tailscaled hung.
+fn answer<T>(
     req: &mut Request,
-    path: &str,
+    decode: impl Fn(&localapi::Response) -> Result<T, localapi::ApiError>,
     fail: impl Fn(String) -> Failure,
 ) -> Result<Option<T>, Failure> {
     match req.poll() {
         Answer::Pending => Ok(None),
         Answer::TimedOut => Err(hung(req)),
         Answer::Failed(e) => Err(fail(e.to_string())),
-        Answer::Ok(resp) => localapi::decode(&resp, path)
-            .map(Some)
-            .map_err(|e| fail(e.to_string())),
+        Answer::Ok(resp) => decode(&resp).map(Some).map_err(|e| fail(e.to_string())),
     }
 }
 
@@ -80,13 +78,13 @@ impl Tailscaled {
             move |e: String| Failure::Ssh(format!("cannot read tailscale's {what}: {e}"))
         };
         if got.0.is_none() {
-            match answer(&mut status, STATUS, read("status")) {
+            match answer(&mut status, localapi::decode_status, read("status")) {
                 Ok(s) => got.0 = s,
                 Err(f) => return (Step::Idle, Some(Err(f))),
             }
         }
         if got.1.is_none() {
-            match answer(&mut prefs, PREFS, read("prefs")) {
+            match answer(&mut prefs, localapi::decode_prefs, read("prefs")) {
                 Ok(p) => got.1 = p,
                 Err(f) => return (Step::Idle, Some(Err(f))),
             }
@@ -97,7 +95,7 @@ impl Tailscaled {
         let has_cap = s
             .self_
             .as_ref()
-            .is_some_and(|me| me.cap_map.contains_key(SSH_CAPABILITY));
+            .is_some_and(|me| me.cap_map.iter().any(|c| c == SSH_CAPABILITY));
         if !p.run_ssh {
             return finish(
                 "ssh = true, but Tailscale SSH is off in tailscaled's prefs (see the warnings \

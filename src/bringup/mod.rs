@@ -79,7 +79,7 @@ impl Tailscaled {
                 Answer::Pending => wait(Step::Prefs { status, req }),
                 Answer::TimedOut => fail(hung(&req)),
                 Answer::Failed(e) => fail(api("prefs", &e)),
-                Answer::Ok(resp) => match localapi::decode::<Prefs>(&resp, PREFS) {
+                Answer::Ok(resp) => match localapi::decode_prefs(&resp) {
                     Err(e) => fail(api("prefs", &e)),
                     Ok(prefs) => go(self.with_prefs(*status, prefs, init)),
                 },
@@ -118,7 +118,7 @@ impl Tailscaled {
             Step::Explain { failure, mut req } => {
                 let health = match req.poll() {
                     Answer::Pending => return wait(Step::Explain { failure, req }),
-                    Answer::Ok(resp) => localapi::decode::<Status>(&resp, STATUS)
+                    Answer::Ok(resp) => localapi::decode_status(&resp)
                         .map(|s| s.health.join("; "))
                         .unwrap_or_default(),
                     Answer::TimedOut | Answer::Failed(_) => String::new(),
@@ -128,7 +128,7 @@ impl Tailscaled {
             Step::UpDone { mut req, flow } => {
                 let ips = match req.poll() {
                     Answer::Pending => return wait(Step::UpDone { req, flow }),
-                    Answer::Ok(resp) => localapi::decode::<Status>(&resp, STATUS)
+                    Answer::Ok(resp) => localapi::decode_status(&resp)
                         .map(|s| s.tailscale_ips.join(", "))
                         .unwrap_or_default(),
                     Answer::TimedOut | Answer::Failed(_) => String::new(),
@@ -182,24 +182,20 @@ impl Tailscaled {
                     wait(Step::Settle { until })
                 }
             }
-            Step::Serve(mut job) => {
-                match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
-                    None => wait(Step::Serve(job)),
-                    Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
-                    Some(result) => {
-                        let served = result.err().map(|e| e.to_string());
-                        go(self.ssh(served))
-                    }
+            Step::Serve(mut job) => match job.poll(&self.p.serve, &self.cfg.socket) {
+                None => wait(Step::Serve(job)),
+                Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
+                Some(result) => {
+                    let served = result.err().map(|e| e.to_string());
+                    go(self.ssh(served))
                 }
-            }
-            Step::Reserve(mut job) => {
-                match job.poll(&self.p.serve, &self.cfg.socket, self.p.userspace) {
-                    None => wait(Step::Reserve(job)),
-                    Some(Ok(())) => (Step::Idle, None),
-                    Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
-                    Some(Err(JobError::Failed(m))) => fail(Failure::Serve(m)),
-                }
-            }
+            },
+            Step::Reserve(mut job) => match job.poll(&self.p.serve, &self.cfg.socket) {
+                None => wait(Step::Reserve(job)),
+                Some(Ok(())) => (Step::Idle, None),
+                Some(Err(JobError::Hung(what))) => fail(Failure::Unanswered { what }),
+                Some(Err(JobError::Failed(m))) => fail(Failure::Serve(m)),
+            },
             Step::Ssh { status, prefs, got } => self.ssh_answers(status, prefs, got),
         }
     }
@@ -265,9 +261,7 @@ impl Tailscaled {
                     req = None;
                 }
                 Answer::Ok(resp) => {
-                    let state = localapi::decode::<Status>(&resp, STATUS)
-                        .ok()
-                        .and_then(|s| s.state());
+                    let state = localapi::decode_status(&resp).ok().and_then(|s| s.state());
                     if let Some(state) = known(state) {
                         return match self.converge(state, &prefs, init) {
                             Ok(s) => (s, Some(Ok(true))),
@@ -325,7 +319,7 @@ impl Tailscaled {
             route_all: prefs.route_all,
             uses_exit_node: !prefs.exit_node_id.is_empty() || !prefs.exit_node_ip.is_empty(),
             exit_node_allow_lan_access: prefs.exit_node_allow_lan_access,
-            advertise_connector: prefs.app_connector.advertise,
+            advertise_connector: prefs.advertise_connector,
             shields_up: prefs.shields_up,
             no_snat: prefs.no_snat,
             netfilter_mode: prefs.netfilter_mode,

@@ -77,8 +77,6 @@ pub struct Config {
     pub ssh: bool,
     /// The `[[serve]]` entries.
     pub serve: Vec<crate::serve::Entry>,
-    /// Workload ports served as TCP on the same port (userspace networking only).
-    pub serve_ports: Vec<u16>,
     /// A ServeConfig JSON file (containerboot's TS_SERVE_CONFIG).
     pub serve_config: Option<PathBuf>,
     pub tailscale: Tailscale,
@@ -144,7 +142,6 @@ impl Default for Config {
             on_failure: OnFailure::Exit,
             ssh: false,
             serve: Vec::new(),
-            serve_ports: Vec::new(),
             serve_config: None,
             tailscale: Tailscale {
                 enabled: Enabled::Auto,
@@ -308,6 +305,12 @@ where
             continue;
         }
         let shown = name.to_string_lossy();
+        if let Some((_, why)) = settings::REMOVED.iter().find(|(k, _)| env_name(k) == shown) {
+            return Err(ConfigError {
+                origin: format!("{shown}={:?}", value.to_string_lossy()),
+                message: why.to_string(),
+            });
+        }
         if shown.starts_with("TSINIT_") && !known().any(|k| *k == shown) {
             // A name cut short counts as closest; else the fewest edits away.
             let closest = known()
@@ -393,13 +396,8 @@ pub fn from_text(
             message,
         }
     })?;
-    crate::serve::check(&config.serve, &config.serve_ports).map_err(|message| ConfigError {
-        origin: match env(&env_name("serve_ports")) {
-            Some(v) if message.contains("serve_ports") => {
-                format!("{origin} and {}={v:?}", env_name("serve_ports"))
-            }
-            _ => origin.to_string(),
-        },
+    crate::serve::check(&config.serve).map_err(|message| ConfigError {
+        origin: origin.to_string(),
         message: format!("[[serve]]: {message}"),
     })?;
     Ok(config)

@@ -273,7 +273,9 @@ pub(super) fn apply_file(config: &mut Config, text: &str, origin: &str) -> Resul
                         .map_err(|m| located(v.at.clone(), format!("`{leaf}`: {m}")))?;
                 }
             }
-            _ if KEYS.contains(&name) && !name.contains('.') => {
+            _ if (KEYS.contains(&name) || super::settings::REMOVED.iter().any(|r| r.0 == name))
+                && !name.contains('.') =>
+            {
                 set(config, name, &value.raw)
                     .map_err(|m| located(value.at.clone(), format!("`{name}`: {m}")))?;
             }

@@ -92,7 +92,6 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("on_failure", [], |c, raw| c.on_failure =
         [OnFailure::Exit, OnFailure::Continue][variant(raw, &["exit", "continue"])?]),
     setting!("ssh", [ts("TS_SSH")], |c, raw| c.ssh = bool_value(raw)?),
-    setting!("serve_ports", [], |c, raw| c.serve_ports = ports_value(raw)?),
     setting!("serve_config", [ts("TS_SERVE_CONFIG")], |c, raw| c.serve_config =
         optional_path(raw)?),
     setting!("tailscale.enabled", [], |c, raw| c.tailscale.enabled = enabled_value(raw)?),
@@ -149,6 +148,16 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("hosts.online_only", [], |c, raw| c.hosts.online_only = bool_value(raw)?),
 ];
 
+/// Settings that no longer exist, with what to do instead: an error naming the
+/// replacement rather than "unknown setting".
+pub(crate) const REMOVED: &[(&str, &str)] = &[(
+    "serve_ports",
+    "serve_ports was removed: with userspace networking tailscaled itself forwards TCP \
+     arriving on the node's tailnet addresses to 127.0.0.1 on the same port, so the \
+     workload's ports are reachable without it (as with kernel networking); remove the \
+     setting. To serve a port under another number, or with TLS, use a [[serve]] entry",
+)];
+
 /// Every setting's key, in the table's order. Each can be overridden by the environment
 /// variable [`super::env_name`] gives.
 pub(crate) const KEYS: [&str; SETTINGS.len()] = {
@@ -199,7 +208,10 @@ pub(super) fn set(config: &mut Config, key: &str, raw: &Raw) -> Result<(), Strin
             config.given.push(setting.key);
             Ok(())
         }
-        None => Err(format!("unknown setting `{key}`")),
+        None => match REMOVED.iter().find(|(k, _)| *k == key) {
+            Some((_, why)) => Err(why.to_string()),
+            None => Err(format!("unknown setting `{key}`")),
+        },
     }
 }
 
@@ -238,28 +250,6 @@ fn bool_value(raw: &Raw) -> Result<bool, String> {
         Raw::Str(s) => format!("`{s}` is not a boolean: use true or false"),
         _ => raw.invalid("true or false"),
     })
-}
-
-/// Port numbers: a TOML array of integers, or one string of numbers separated by commas
-/// or spaces.
-fn ports_value(raw: &Raw) -> Result<Vec<u16>, String> {
-    let one = |raw: &Raw| match raw {
-        Raw::Int(n) => crate::serve::check_port(*n),
-        Raw::Str(s) => s
-            .parse()
-            .map_err(|_| format!("`{s}` is not a port number (1-65535)"))
-            .and_then(crate::serve::check_port),
-        _ => Err(raw.invalid("a port number")),
-    };
-    match raw {
-        Raw::List(items) => items.iter().map(|i| one(&i.raw)).collect(),
-        Raw::Str(s) => s
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|p| !p.is_empty())
-            .map(|p| one(&Raw::Str(p.to_string())))
-            .collect(),
-        _ => Err(raw.invalid("a list of port numbers")),
-    }
 }
 
 /// `true`, `false` or "auto".

@@ -94,7 +94,7 @@ fn bad_input_gives_one_precise_error() {
             &[],
             "FILE:1:1: unknown field `grace`, expected one of `signal_target`, \
              `grace_period`, `escalate_after`, `networking`, `on_failure`, `ssh`, \
-             `serve_ports`, `serve_config`, `serve`, `tailscale`, `hosts`",
+             `serve_config`, `serve`, `tailscale`, `hosts`",
         ),
         (
             "# comment\ngrace_period = 5\n",
@@ -201,12 +201,11 @@ fn tailscale_section_and_environment_compatibility() {
 
 #[test]
 fn ssh_and_serve_settings() {
-    let file = "ssh = true\nserve_ports = [8080, 2222]\n[hosts]\nenabled = true\n\
+    let file = "ssh = true\n[hosts]\nenabled = true\n\
                 [[serve]]\nproto = \"tcp\"\nport = 9999\ntarget = \"9999\"\n\
                 [[serve]]\nproto = \"https\"\nport = 443\ntarget = \"http://127.0.0.1:3000\"\n";
     let c = load_text(file, &[]).unwrap();
     assert!(c.ssh);
-    assert_eq!(c.serve_ports, [8080, 2222]);
     assert_eq!(c.serve.len(), 2);
     assert_eq!(c.serve[0].target, "127.0.0.1:9999");
     assert_eq!(c.serve[1].path, "/");
@@ -216,13 +215,11 @@ fn ssh_and_serve_settings() {
         &[
             ("TS_SSH", "true"),
             ("TS_SERVE_CONFIG", "/etc/ts/serve.json"),
-            ("TSINIT_SERVE_PORTS", "8080, 2222"),
         ],
     )
     .unwrap();
     assert!(c.ssh);
     assert_eq!(c.serve_config, Some(PathBuf::from("/etc/ts/serve.json")));
-    assert_eq!(c.serve_ports, [8080, 2222]);
     let c = load_text("", &[("TS_SSH", "true"), ("TSINIT_SSH", "false")]).unwrap();
     assert!(!c.ssh, "TSINIT_* wins");
 
@@ -268,23 +265,17 @@ fn ssh_and_serve_settings() {
         (
             "[[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"1\"\n\
              [[serve]]\nproto = \"tcp\"\nport = 1\ntarget = \"2\"\n",
-            &[("TSINIT_SERVE_PORTS", "9000")][..],
+            &[][..],
             "FILE: [[serve]]: port 1 path / is served twice: one target each",
         ),
         (
-            "serve_ports = [80]\n[[serve]]\nproto = \"tcp\"\nport = 80\ntarget = \"1\"\n",
+            "serve_ports = [80]\n",
             &[][..],
-            "FILE: [[serve]]: port 80 is in serve_ports and in a [[serve]] entry: keep one",
-        ),
-        (
-            "",
-            &[("TSINIT_SERVE_PORTS", "80,http")][..],
-            "TSINIT_SERVE_PORTS=\"80,http\": `http` is not a port number (1-65535)",
-        ),
-        (
-            "serve_ports = [0]\n",
-            &[][..],
-            "FILE:1:15: `serve_ports`: port 0 is not a port number (1-65535)",
+            "FILE:1:15: `serve_ports`: serve_ports was removed: with userspace networking \
+             tailscaled itself forwards TCP arriving on the node's tailnet addresses to \
+             127.0.0.1 on the same port, so the workload's ports are reachable without it (as \
+             with kernel networking); remove the setting. To serve a port under another \
+             number, or with TLS, use a [[serve]] entry",
         ),
     ] {
         let err = load_text(text, env).unwrap_err();
@@ -431,6 +422,10 @@ fn the_environment_is_checked_before_it_is_read() {
     );
     let err = check_environment(vars(vec![("TSINIT_HOST_PATH", "/h".into())])).unwrap_err();
     assert!(err.message.contains("TSINIT_HOSTS_PATH"), "{err}");
+    // A removed setting says what replaces it.
+    let err = check_environment(vars(vec![("TSINIT_SERVE_PORTS", "8080".into())])).unwrap_err();
+    assert!(err.message.starts_with("serve_ports was removed"), "{err}");
+    assert!(err.message.contains("[[serve]]"), "{err}");
     for var in [
         "TS_HOSTNAME",
         "TSINIT_CONFIG",
@@ -487,7 +482,6 @@ const SAMPLES: &[(&str, &str)] = &[
     ("networking", "userspace"),
     ("on_failure", "continue"),
     ("ssh", "true"),
-    ("serve_ports", "8080 2222"),
     ("serve_config", "/etc/ts/serve.json"),
     ("tailscale.enabled", "false"),
     ("tailscale.tailscaled", "/usr/sbin/tailscaled"),

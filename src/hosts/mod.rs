@@ -597,7 +597,7 @@ pub(crate) mod tests {
     };
 
     fn status(json: &str) -> Status {
-        serde_json::from_str(json).unwrap()
+        crate::localapi::scan::status(json.as_bytes()).unwrap()
     }
 
     const RUNNING: &str = r#"{

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crate::error::os_message;
 use http::{Decoder, check_request_line, request_bytes_with};
 pub use http::{HOST, Response, parse_response, request_bytes};
-pub use request::{ANSWER_TIMEOUT, Answer, PendingRequest, Request, decode};
+pub use request::{
+    ANSWER_TIMEOUT, Answer, PendingRequest, Request, decode, decode_prefs, decode_status,
+};
 pub use types::*;
 
 const READ_SIZE: usize = 64 * 1024;
@@ -246,11 +248,13 @@ impl LocalApi {
     /// The status of this node, without its peers (which come with the netmap on the IPN
     /// bus): small whatever the tailnet's size.
     pub fn status(&self) -> Result<Status, ApiError> {
-        self.get_json(STATUS)
+        let resp = require_2xx(self.request("GET", STATUS, None)?)?;
+        decode_status(&resp)
     }
 
     pub fn prefs(&self) -> Result<Prefs, ApiError> {
-        self.get_json("/localapi/v0/prefs")
+        let resp = require_2xx(self.request("GET", PREFS, None)?)?;
+        decode_prefs(&resp)
     }
 
     /// The serve config (null when nothing is served) and its ETag.
@@ -569,7 +573,7 @@ mod tests {
 
     #[test]
     fn json_fixtures_decode() {
-        let status: Status = serde_json::from_str(STATUS_JSON).unwrap();
+        let status: Status = scan::status(STATUS_JSON.as_bytes()).unwrap();
         let self_ = PeerStatus::default();
         let want = Status {
             backend_state: "NeedsLogin".into(),
@@ -580,7 +584,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(status, want);
-        let prefs: Prefs = serde_json::from_str(PREFS_JSON).unwrap();
+        let prefs = scan::prefs(PREFS_JSON.as_bytes()).unwrap();
         let want = Prefs {
             corp_dns: true,
             logged_out: true,
@@ -594,7 +598,7 @@ mod tests {
             "CurrentTailnet":{"Name":"example.com","MagicDNSSuffix":"t.ts.net","MagicDNSEnabled":true},
             "Peer":{"nodekey:ab":{"ID":"n2","DNSName":"db.t.ts.net.","TailscaleIPs":["100.64.0.2"],"Online":true,"Tags":["tag:db"]}},
             "Self":{"ID":"n1","Tags":null},"AuthURL":"https://login","Health":null}"#;
-        let status: Status = serde_json::from_str(running).unwrap();
+        let status: Status = scan::status(running.as_bytes()).unwrap();
         assert_eq!(status.tailscale_ips, ["100.64.0.1"]);
         assert_eq!(status.auth_url, "https://login");
         assert_eq!(status.magic_dns_suffix, "t.ts.net");
@@ -604,12 +608,15 @@ mod tests {
         assert_eq!(peer.dns_name, "db.t.ts.net.");
         assert!(peer.online && peer.tailscale_ips == ["100.64.0.2"]);
         assert!(status.self_.is_some());
+        assert_eq!(scan::status(b"{}").unwrap(), Status::default());
+        let prefs = r#"{"ControlURL":"https://c","AdvertiseTags":["tag:a"],"AdvertiseRoutes":["10.0.0.0/8"],"NoSNAT":true,"RunSSH":true,"Hostname":"h","ExitNodeID":"n2","ExitNodeIP":"","AppConnector":{"Advertise":true},"NetfilterMode":1,"OperatorUser":"app","NoStatefulFiltering":null}"#;
+        let prefs = scan::prefs(prefs.as_bytes()).unwrap();
+        assert_eq!(prefs.exit_node_id, "n2");
+        assert!(prefs.advertise_connector && !prefs.no_stateful_filtering);
         assert_eq!(
-            serde_json::from_str::<Status>("{}").unwrap(),
-            Status::default()
+            (prefs.netfilter_mode, prefs.operator_user.as_str()),
+            (1, "app")
         );
-        let prefs = r#"{"ControlURL":"https://c","AdvertiseTags":["tag:a"],"AdvertiseRoutes":["10.0.0.0/8"],"NoSNAT":true,"RunSSH":true,"Hostname":"h"}"#;
-        let prefs: Prefs = serde_json::from_str(prefs).unwrap();
         assert_eq!(
             (prefs.control_url.as_str(), prefs.hostname.as_str()),
             ("https://c", "h")
@@ -721,9 +728,7 @@ mod tests {
 
         let no_backend =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 11\r\n\r\nno backend\n";
-        let (got, _) = against(no_backend, |api| {
-            api.get_json::<Status>("/localapi/v0/status")
-        });
+        let (got, _) = against(no_backend, |api| api.status());
         assert!(
             matches!(&got, Err(ApiError::Status { status: 503, body }) if body == "no backend"),
             "{got:?}"
@@ -734,7 +739,10 @@ mod tests {
             "{got:?}"
         );
         let (got, _) = against(&ok("{x}"), |api| api.status());
-        assert!(matches!(got, Err(ApiError::Json { .. })), "{got:?}");
+        assert!(
+            matches!(&got, Err(ApiError::Protocol(m)) if m.contains("decoding the response to status")),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -840,9 +848,12 @@ mod tests {
     #[test]
     fn saved_login_needs_a_persisted_node_that_should_run() {
         let prefs = |logged_out: bool, want: bool, config: &str| -> Prefs {
-            serde_json::from_str(&format!(
-                "{{\"LoggedOut\":{logged_out},\"WantRunning\":{want},\"Config\":{config}}}"
-            ))
+            scan::prefs(
+                format!(
+                    "{{\"LoggedOut\":{logged_out},\"WantRunning\":{want},\"Config\":{config}}}"
+                )
+                .as_bytes(),
+            )
             .unwrap()
         };
         let node = r#"{"PrivateNodeKey":"privkey:00","NodeID":"n1CNTRL","UserProfile":{"ID":1}}"#;

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use super::{NetMap, Node, Notify};
+use super::{NetMap, Node, Notify, PeerStatus, Prefs, Status, Tailnet};
 
 /// The state and netmap of one notification (its JSON, without the newline).
 pub fn notification(raw: &[u8]) -> Result<Notify, String> {
@@ -24,6 +24,131 @@ pub fn notification(raw: &[u8]) -> Result<Notify, String> {
         Ok(())
     })?;
     Ok(n)
+}
+
+/// GET /localapi/v0/status, the fields tsinit uses.
+pub fn status(raw: &[u8]) -> Result<Status, String> {
+    let mut c = Cursor { b: raw, i: 0 };
+    let mut s = Status::default();
+    c.object(|c, key| {
+        match key {
+            b"BackendState" => s.backend_state = c.owned()?,
+            b"Version" => s.version = c.owned()?,
+            b"AuthURL" => s.auth_url = c.owned()?,
+            b"TailscaleIPs" => s.tailscale_ips = c.texts()?,
+            b"Self" => s.self_ = c.or_null(peer)?,
+            b"Health" => s.health = c.texts()?,
+            b"MagicDNSSuffix" => s.magic_dns_suffix = c.owned()?,
+            b"CurrentTailnet" => {
+                s.current_tailnet = c.or_null(|c| {
+                    let mut t = Tailnet::default();
+                    c.object(|c, key| match key {
+                        b"MagicDNSSuffix" => {
+                            t.magic_dns_suffix = c.owned()?;
+                            Ok(())
+                        }
+                        _ => c.skip(),
+                    })?;
+                    Ok(t)
+                })?;
+            }
+            b"Peer" => {
+                c.or_null(|c| {
+                    c.object(|c, key| {
+                        let key = String::from_utf8_lossy(key).into_owned();
+                        s.peer.insert(key, peer(c)?);
+                        Ok(())
+                    })
+                })?;
+            }
+            b"TUN" => s.tun = c.boolean()?.unwrap_or(false),
+            b"CertDomains" => s.cert_domains = c.texts()?,
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+/// A status's node (ipnstate.PeerStatus).
+fn peer(c: &mut Cursor) -> Result<PeerStatus, String> {
+    let mut p = PeerStatus::default();
+    c.object(|c, key| {
+        match key {
+            b"DNSName" => p.dns_name = c.owned()?,
+            b"TailscaleIPs" => p.tailscale_ips = c.texts()?,
+            b"Online" => p.online = c.boolean()?.unwrap_or(false),
+            b"CapMap" => {
+                c.or_null(|c| {
+                    c.object(|c, key| {
+                        p.cap_map.push(String::from_utf8_lossy(key).into_owned());
+                        c.skip()
+                    })
+                })?;
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+/// GET /localapi/v0/prefs, the fields tsinit uses.
+pub fn prefs(raw: &[u8]) -> Result<Prefs, String> {
+    let mut c = Cursor { b: raw, i: 0 };
+    let mut p = Prefs::default();
+    let text = Cursor::owned;
+    let flag = |c: &mut Cursor| -> Result<bool, String> { Ok(c.boolean()?.unwrap_or(false)) };
+    let texts = Cursor::texts;
+    c.object(|c, key| {
+        match key {
+            b"ControlURL" => p.control_url = text(c)?,
+            b"RouteAll" => p.route_all = flag(c)?,
+            b"WantRunning" => p.want_running = flag(c)?,
+            b"LoggedOut" => p.logged_out = flag(c)?,
+            b"Hostname" => p.hostname = text(c)?,
+            b"CorpDNS" => p.corp_dns = flag(c)?,
+            b"RunSSH" => p.run_ssh = flag(c)?,
+            b"ShieldsUp" => p.shields_up = flag(c)?,
+            b"AdvertiseTags" => p.advertise_tags = texts(c)?,
+            b"AdvertiseRoutes" => p.advertise_routes = texts(c)?,
+            b"NoStatefulFiltering" => p.no_stateful_filtering = flag(c)?,
+            b"NoSNAT" => p.no_snat = flag(c)?,
+            b"ExitNodeID" => p.exit_node_id = text(c)?,
+            b"ExitNodeIP" => p.exit_node_ip = text(c)?,
+            b"ExitNodeAllowLANAccess" => p.exit_node_allow_lan_access = flag(c)?,
+            b"AppConnector" => {
+                c.or_null(|c| {
+                    c.object(|c, key| match key {
+                        b"Advertise" => {
+                            p.advertise_connector = flag(c)?;
+                            Ok(())
+                        }
+                        _ => c.skip(),
+                    })
+                })?;
+            }
+            b"NetfilterMode" => {
+                let mode = c.number()?.unwrap_or(0);
+                p.netfilter_mode = u8::try_from(mode).map_err(|_| c.bad("bad NetfilterMode"))?;
+            }
+            b"OperatorUser" => p.operator_user = text(c)?,
+            b"Config" => {
+                c.or_null(|c| {
+                    c.object(|c, key| match key {
+                        b"NodeID" => {
+                            p.node_id = text(c)?;
+                            Ok(())
+                        }
+                        _ => c.skip(),
+                    })
+                })?;
+            }
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
 }
 
 fn netmap(c: &mut Cursor) -> Result<NetMap, String> {
@@ -82,7 +207,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn bad(&self, what: &str) -> String {
-        format!("{what} at byte {} of the notification", self.i)
+        format!("{what} at byte {} of the JSON", self.i)
     }
 
     fn eat(&mut self, want: u8) -> Step {
@@ -207,6 +332,18 @@ impl<'a> Cursor<'a> {
                     .map_err(|e| self.bad(&e.to_string()))
             }
         }
+    }
+
+    /// A string or null (""), owned.
+    fn owned(&mut self) -> Result<String, String> {
+        Ok(self.or_null(Cursor::text)?.unwrap_or_default().into_owned())
+    }
+
+    /// A list of strings, or null (none).
+    fn texts(&mut self) -> Result<Vec<String>, String> {
+        Ok(self
+            .or_null(|c| c.list(|c| Ok(c.text()?.into_owned())))?
+            .unwrap_or_default())
     }
 
     /// A scalar's text (a number, true, false or null).

@@ -4,113 +4,67 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Deserializer};
-
-/// Deserializes null as the type's default (serde's `default` only covers missing fields).
-fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
-    d: D,
-) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// GET /localapi/v0/status (the fields tsinit uses).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+/// GET /localapi/v0/status (the fields tsinit uses; read by
+/// [`scan::status`](super::scan::status)).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Status {
     pub backend_state: String,
     pub version: String,
-    #[serde(rename = "AuthURL")]
     pub auth_url: String,
-    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
     pub tailscale_ips: Vec<String>,
-    #[serde(rename = "Self")]
     pub self_: Option<PeerStatus>,
-    #[serde(deserialize_with = "null_default")]
     pub health: Vec<String>,
-    #[serde(rename = "MagicDNSSuffix")]
     pub magic_dns_suffix: String,
+    /// CurrentTailnet.MagicDNSSuffix, when there is a current tailnet.
     pub current_tailnet: Option<Tailnet>,
-    #[serde(deserialize_with = "null_default")]
+    /// Peers by node key (empty when asked for with `peers=false`).
     pub peer: BTreeMap<String, PeerStatus>,
-    #[serde(rename = "TUN")]
     pub tun: bool,
     /// DNS names control can get TLS certificates for (empty: HTTPS is off).
-    #[serde(deserialize_with = "null_default")]
     pub cert_domains: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeerStatus {
-    #[serde(rename = "DNSName")]
     pub dns_name: String,
-    #[serde(rename = "TailscaleIPs", deserialize_with = "null_default")]
     pub tailscale_ips: Vec<String>,
     pub online: bool,
-    /// The node's capabilities (keys only).
-    #[serde(deserialize_with = "null_default")]
-    pub cap_map: BTreeMap<String, Skipped>,
+    /// The node's capabilities (the CapMap's keys).
+    pub cap_map: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tailnet {
-    #[serde(rename = "MagicDNSSuffix")]
     pub magic_dns_suffix: String,
 }
 
-/// A JSON value skipped unread (only its presence counts).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Skipped;
-
-impl<'de> Deserialize<'de> for Skipped {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skipped, D::Error> {
-        serde::de::IgnoredAny::deserialize(d).map(|_| Skipped)
-    }
-}
-
-/// GET /localapi/v0/prefs (the fields tsinit uses).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+/// GET /localapi/v0/prefs (the fields tsinit uses; read by
+/// [`scan::prefs`](super::scan::prefs)).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prefs {
-    #[serde(rename = "ControlURL")]
     pub control_url: String,
     pub route_all: bool,
     pub want_running: bool,
     pub logged_out: bool,
     pub hostname: String,
-    #[serde(rename = "CorpDNS")]
     pub corp_dns: bool,
-    #[serde(rename = "RunSSH")]
     pub run_ssh: bool,
     pub shields_up: bool,
-    #[serde(deserialize_with = "null_default")]
     pub advertise_tags: Vec<String>,
-    #[serde(deserialize_with = "null_default")]
     pub advertise_routes: Vec<String>,
     pub no_stateful_filtering: bool,
-    #[serde(rename = "NoSNAT")]
     pub no_snat: bool,
-    #[serde(rename = "ExitNodeID")]
     pub exit_node_id: String,
     /// An address, or "" (none).
-    #[serde(rename = "ExitNodeIP")]
     pub exit_node_ip: String,
-    #[serde(rename = "ExitNodeAllowLANAccess")]
     pub exit_node_allow_lan_access: bool,
-    pub app_connector: AppConnector,
+    /// AppConnector.Advertise.
+    pub advertise_connector: bool,
     /// 0 off, 1 nodivert, 2 on.
     pub netfilter_mode: u8,
     pub operator_user: String,
-    /// The persisted login (keys redacted); null when the node never logged in.
-    pub config: Option<serde_json::Value>,
-}
-
-/// Prefs.AppConnector.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct AppConnector {
-    pub advertise: bool,
+    /// Config.NodeID: the persisted login's node ("" when the node never logged in).
+    pub node_id: String,
 }
 
 impl Prefs {
@@ -118,12 +72,7 @@ impl Prefs {
     /// meant to run, and a persisted node. (A restarted tailscaled has loaded them while
     /// its state still reads NoState.)
     pub fn saved_login(&self) -> bool {
-        let node = self
-            .config
-            .as_ref()
-            .and_then(|c| c.get("NodeID"))
-            .and_then(|n| n.as_str());
-        !self.logged_out && self.want_running && node.is_some_and(|n| !n.is_empty())
+        !self.logged_out && self.want_running && !self.node_id.is_empty()
     }
 }
 

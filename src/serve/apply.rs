@@ -1,5 +1,5 @@
 //! Bringing tailscaled's serve config in step with the configuration, from the main loop:
-//! what tsinit serves (`[[serve]]`, `serve_ports`, the `serve_config` file), what it set
+//! what tsinit serves (`[[serve]]`, the `serve_config` file), what it set
 //! before (a record beside the state), and the job that reads, merges and writes the
 //! config through the LocalAPI without ever blocking (ETag, one retry on 412).
 
@@ -17,7 +17,6 @@ use crate::localapi::{self, Answer, Request, SERVE_CONFIG, STATUS, Status};
 /// What tsinit serves on the node's tailnet addresses (see `serve`).
 pub struct ServeSetup {
     entries: Vec<super::Entry>,
-    pub ports: Vec<u16>,
     /// The ServeConfig file (TS_SERVE_CONFIG): checked at start-up, read again at each
     /// bring-up.
     pub file: Option<PathBuf>,
@@ -52,12 +51,9 @@ impl ServeSetup {
                 // anything starts.
                 let fragment = read_serve_file(path, "node.example").map_err(bad)?;
                 for port in fragment.ports() {
-                    if config.serve.iter().any(|e| e.port == port)
-                        || config.serve_ports.contains(&port)
-                    {
+                    if config.serve.iter().any(|e| e.port == port) {
                         return Err(bad(format!(
-                            "port {port} is served by the file and by [[serve]] or \
-                             serve_ports: keep one"
+                            "port {port} is served by the file and by [[serve]]: keep one"
                         )));
                     }
                 }
@@ -66,14 +62,13 @@ impl ServeSetup {
         };
         Ok(ServeSetup {
             entries: config.serve.clone(),
-            ports: config.serve_ports.clone(),
             file,
             record: config.tailscale.state_dir.join("tsinit-serve.json"),
         })
     }
 
     pub fn configured(&self) -> bool {
-        !self.entries.is_empty() || !self.ports.is_empty() || self.file.is_some()
+        !self.entries.is_empty() || self.file.is_some()
     }
 
     /// What tsinit set last time ({} when nothing or unreadable).
@@ -184,17 +179,12 @@ impl Job {
     }
 
     /// Makes what progress it can; `Some` once done.
-    pub fn poll(
-        &mut self,
-        setup: &ServeSetup,
-        socket: &Path,
-        userspace: bool,
-    ) -> Option<Result<(), JobError>> {
+    pub fn poll(&mut self, setup: &ServeSetup, socket: &Path) -> Option<Result<(), JobError>> {
         loop {
             let next = match self.request.poll() {
                 Answer::Pending => return None,
                 Answer::TimedOut => return Some(Err(JobError::Hung(self.request.what.clone()))),
-                Answer::Ok(resp) => self.advance(&resp, setup, socket, userspace),
+                Answer::Ok(resp) => self.advance(&resp, setup, socket),
                 Answer::Failed(e) => self.failed_answer(e, socket),
             };
             match next {
@@ -232,13 +222,12 @@ impl Job {
         resp: &localapi::Response,
         setup: &ServeSetup,
         socket: &Path,
-        userspace: bool,
     ) -> Result<bool, JobError> {
         match std::mem::replace(&mut self.stage, Stage::Read) {
             Stage::Status => {
-                let status: Status = localapi::decode(resp, STATUS)
+                let status: Status = localapi::decode_status(resp)
                     .map_err(|e| failed("read tailscale's status", &e))?;
-                self.desired = Some(desired(setup, &status, userspace)?);
+                self.desired = Some(desired(setup, &status)?);
             }
             Stage::Read => {
                 let current: serde_json::Value = localapi::decode(resp, SERVE_CONFIG)
@@ -294,11 +283,7 @@ impl Job {
 }
 
 /// What tsinit should serve, named after the node's DNS name in `status`.
-fn desired(
-    setup: &ServeSetup,
-    status: &Status,
-    userspace: bool,
-) -> Result<super::Fragment, JobError> {
+fn desired(setup: &ServeSetup, status: &Status) -> Result<super::Fragment, JobError> {
     let dns_name = status
         .self_
         .as_ref()
@@ -320,13 +305,7 @@ fn desired(
             Some(fragment)
         }
     };
-    let desired = super::desired(
-        &setup.entries,
-        &setup.ports,
-        userspace,
-        file.as_ref(),
-        &dns_name,
-    );
+    let desired = super::desired(&setup.entries, file.as_ref(), &dns_name);
     if status.cert_domains.is_empty() {
         for (port, proto) in super::needs_certificate(&desired) {
             warn!(

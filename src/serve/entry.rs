@@ -147,9 +147,8 @@ fn web_target(target: &str) -> Result<String, String> {
     ))
 }
 
-/// Checks the entries and ports together: one protocol per port, one target per path.
-/// `ports` (from `serve_ports`) are served as TCP on the same port.
-pub fn check(entries: &[Entry], ports: &[u16]) -> Result<(), String> {
+/// Checks the entries together: one protocol per port, one target per path.
+pub fn check(entries: &[Entry]) -> Result<(), String> {
     let mut seen: BTreeMap<u16, (Proto, Vec<&str>)> = BTreeMap::new();
     for e in entries {
         match seen.get_mut(&e.port) {
@@ -173,13 +172,6 @@ pub fn check(entries: &[Entry], ports: &[u16]) -> Result<(), String> {
                 }
                 paths.push(&e.path);
             }
-        }
-    }
-    for p in ports {
-        if seen.contains_key(p) {
-            return Err(format!(
-                "port {p} is in serve_ports and in a [[serve]] entry: keep one"
-            ));
         }
     }
     Ok(())

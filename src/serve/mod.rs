@@ -1,4 +1,4 @@
-//! Declarative `tailscale serve`: the `[[serve]]` entries, `serve_ports` and a
+//! Declarative `tailscale serve`: the `[[serve]]` entries and a
 //! ServeConfig file (TS_SERVE_CONFIG) turned into the part of tailscaled's ServeConfig
 //! tsinit manages, and merged into what tailscaled has so that only what differs changes.
 //! Pure logic; reading and writing the config over the LocalAPI is in `apply`.
@@ -107,26 +107,11 @@ impl Fragment {
     }
 }
 
-/// What tsinit should serve: `entries`, `ports` as plain TCP (only `userspace`: in kernel
-/// mode peers reach the ports directly) and the `file` ServeConfig (TS_SERVE_CONFIG, with
+/// What tsinit should serve: `entries` and the `file` ServeConfig (TS_SERVE_CONFIG, with
 /// `${TS_CERT_DOMAIN}` already replaced). `dns_name` is the node's MagicDNS name (no
 /// trailing dot), which names its web servers.
-pub fn desired(
-    entries: &[Entry],
-    ports: &[u16],
-    userspace: bool,
-    file: Option<&Fragment>,
-    dns_name: &str,
-) -> Fragment {
+pub fn desired(entries: &[Entry], file: Option<&Fragment>, dns_name: &str) -> Fragment {
     let mut f = file.cloned().unwrap_or_default();
-    if userspace {
-        for p in ports {
-            f.tcp.insert(
-                p.to_string(),
-                json!({"TCPForward": format!("127.0.0.1:{p}")}),
-            );
-        }
-    }
     for e in entries {
         let port = e.port.to_string();
         let handler = match e.proto {
@@ -454,14 +439,12 @@ mod tests {
     fn one_protocol_per_port_and_one_target_per_path() {
         let e = |proto, port, path: &str| entry(proto, port, "1", Some(path)).unwrap();
         let t = |port| entry("tcp", port, "1", None).unwrap();
-        assert!(check(&[e("https", 443, "/"), e("https", 443, "/api")], &[8080]).is_ok());
-        let err = check(&[e("https", 443, "/"), e("http", 443, "/x")], &[]).unwrap_err();
+        assert!(check(&[e("https", 443, "/"), e("https", 443, "/api")]).is_ok());
+        let err = check(&[e("https", 443, "/"), e("http", 443, "/x")]).unwrap_err();
         assert!(err.contains("as https and as http"), "{err}");
-        let err = check(&[e("https", 443, "/"), e("https", 443, "/")], &[]).unwrap_err();
+        let err = check(&[e("https", 443, "/"), e("https", 443, "/")]).unwrap_err();
         assert!(err.contains("path / is served twice"), "{err}");
-        assert!(check(&[t(22), t(22)], &[]).is_err());
-        let err = check(&[t(22)], &[22]).unwrap_err();
-        assert!(err.contains("serve_ports and in a [[serve]]"), "{err}");
+        assert!(check(&[t(22), t(22)]).is_err());
     }
 
     fn entries() -> Vec<Entry> {
@@ -474,13 +457,12 @@ mod tests {
 
     #[test]
     fn desired_config_has_the_shape_tailscaled_stores() {
-        let f = desired(&entries(), &[8080], true, None, "node.tail.example");
+        let f = desired(&entries(), None, "node.tail.example");
         assert_eq!(
             f.to_json(),
             json!({
                 "TCP": {
                     "443": {"HTTPS": true},
-                    "8080": {"TCPForward": "127.0.0.1:8080"},
                     "9999": {"TCPForward": "127.0.0.1:9999"},
                 },
                 "Web": {"node.tail.example:443": {"Handlers": {
@@ -489,9 +471,6 @@ mod tests {
                 }}},
             })
         );
-        // serve_ports only in userspace mode.
-        let kernel = desired(&entries(), &[8080], false, None, "node.tail.example");
-        assert!(!kernel.tcp.contains_key("8080"));
         let mut tls = f.clone();
         tls.tcp.insert(
             "853".into(),
@@ -508,7 +487,7 @@ mod tests {
 
     #[test]
     fn merge_changes_only_what_differs_and_keeps_what_others_serve() {
-        let want = desired(&entries(), &[], true, None, "n.t");
+        let want = desired(&entries(), None, "n.t");
         // Nothing served yet (tailscaled answers null): everything is added.
         let first = merge(&Value::Null, &Fragment::default(), &want).unwrap();
         assert_eq!(first, want.to_json());
@@ -524,7 +503,7 @@ mod tests {
         current["TCP"]["8443"] = json!({"TCPForward": "127.0.0.1:8443"});
         current["Foreground"] = json!({"session": {"TCP": {"1": {"HTTP": true}}}});
         let edited = vec![entry("https", 443, "3001", None).unwrap()];
-        let now = desired(&edited, &[], true, None, "n.t");
+        let now = desired(&edited, None, "n.t");
         let next = merge(&current, &want, &now).unwrap();
         assert_eq!(
             next,
@@ -558,26 +537,33 @@ mod tests {
         );
     }
 
+    /// The entries and port 8080 served as TCP.
+    fn with_8080() -> Vec<Entry> {
+        let mut e = entries();
+        e.push(entry("tcp", 8080, "8080", None).unwrap());
+        e
+    }
+
     #[test]
     fn web_servers_are_managed_by_mount_point() {
-        let want = desired(&entries(), &[], true, None, "n.t");
+        let want = desired(&entries(), None, "n.t");
         // A path added by hand on tsinit's 443, and a port 8080 served by hand that the
         // configuration now also wants.
         let mut current = want.to_json();
         current["Web"]["n.t:443"]["Handlers"]["/admin"] = json!({"Proxy": "http://127.0.0.1:9000"});
         current["TCP"]["8080"] = json!({"TCPForward": "127.0.0.1:9090"});
-        let more = desired(&entries(), &[8080], true, None, "n.t");
+        let more = desired(&with_8080(), None, "n.t");
         assert_eq!(taken_over(&current, &want, &more), ["TCP 8080"]);
         assert!(taken_over(&current, &want, &want).is_empty());
         // "/api" leaves the configuration: it goes, "/admin" stays, "/" stays.
-        let fewer = desired(&entries()[..2], &[], true, None, "n.t");
+        let fewer = desired(&entries()[..2], None, "n.t");
         let next = merge(&current, &want, &fewer).unwrap();
         assert_eq!(
             next["Web"]["n.t:443"]["Handlers"],
             json!({"/": {"Proxy": "http://127.0.0.1:3000"}, "/admin": {"Proxy": "http://127.0.0.1:9000"}})
         );
         // Every https entry leaves: the hand-made path keeps the web server.
-        let only_tcp = desired(&entries()[..1], &[], true, None, "n.t");
+        let only_tcp = desired(&entries()[..1], None, "n.t");
         let next = merge(&next, &fewer, &only_tcp).unwrap();
         assert_eq!(
             next["Web"],
@@ -601,13 +587,7 @@ mod tests {
         let f = Fragment::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
         assert!(f.web.contains_key("n.t:443"));
         assert_eq!(f.funnel["n.t:443"], json!(false));
-        let both = desired(
-            &[entry("tcp", 22, "22", None).unwrap()],
-            &[],
-            true,
-            Some(&f),
-            "n.t",
-        );
+        let both = desired(&[entry("tcp", 22, "22", None).unwrap()], Some(&f), "n.t");
         assert_eq!(both.tcp.len(), 2);
         for (bad, want) in [
             (json!([1]), "must be a JSON object"),
@@ -631,7 +611,7 @@ mod tests {
 
     #[test]
     fn status_lines_name_each_port() {
-        let mut config = desired(&entries(), &[8080], true, None, "n.t").to_json();
+        let mut config = desired(&with_8080(), None, "n.t").to_json();
         config["TCP"]["853"] = json!({"TCPForward": "127.0.0.1:53", "TerminateTLS": "n.t"});
         assert_eq!(
             describe(&config),

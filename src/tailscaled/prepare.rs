@@ -118,13 +118,6 @@ pub fn prepare(
         );
     }
     let serve = ServeSetup::from_config(config)?;
-    if !serve.ports.is_empty() && !userspace {
-        info!(
-            "serve_ports {:?}: kernel networking, so peers reach these ports directly; \
-             nothing to serve",
-            serve.ports
-        );
-    }
     if desired.ssh && userspace {
         info!(
             "Tailscale SSH with userspace networking: tailscaled answers port 22 of the \

@@ -58,7 +58,7 @@ impl Wait {
             match p.on_readable() {
                 Ok(None) => return Ok(None),
                 Ok(Some(resp)) if resp.status == 200 => {
-                    let status: Status = serde_json::from_slice(&resp.body)
+                    let status: Status = crate::localapi::scan::status(&resp.body)
                         .map_err(|e| format!("tailscaled's status is not JSON: {e}"))?;
                     debug!(
                         "tailscaled {} ready after {:?}: {}",
