@@ -370,15 +370,25 @@ pub fn from_text(
     // The containerboot variables first, so that TSINIT_* wins.
     let containerboot = SETTINGS.iter().flat_map(|setting| {
         let vars = setting.containerboot.iter();
-        vars.map(move |var| (var.name.to_string(), var.rewrite, setting))
+        vars.map(move |var| {
+            (
+                var.name.to_string(),
+                var.rewrite,
+                var.empty_is_unset,
+                setting,
+            )
+        })
     });
     let ours = SETTINGS
         .iter()
-        .map(|setting| (env_name(setting.key), AS_IS, setting));
-    for (name, rewrite, setting) in containerboot.chain(ours) {
+        .map(|setting| (env_name(setting.key), AS_IS, false, setting));
+    for (name, rewrite, empty_is_unset, setting) in containerboot.chain(ours) {
         let Some(value) = env(&name) else {
             continue;
         };
+        if empty_is_unset && value.trim().is_empty() {
+            continue;
+        }
         let raw = Raw::Str(rewrite(&value).map_or_else(|| value.clone(), str::to_string));
         (setting.set)(&mut config, &raw).map_err(|message| ConfigError {
             origin: format!("{name}={value:?}"),

@@ -29,6 +29,9 @@ pub(crate) struct Var {
     pub(crate) name: &'static str,
     /// What the variable's value means in the setting's words (`None`: the value as is).
     pub(crate) rewrite: Rewrite,
+    /// An empty value counts as unset (containerboot's booleans: an empty or unparsable
+    /// value is the default there; here only empty is).
+    pub(crate) empty_is_unset: bool,
 }
 
 /// Turns a variable's value into the setting's words, or `None`: the value as is.
@@ -42,15 +45,34 @@ const fn ts(name: &'static str) -> Var {
     Var {
         name,
         rewrite: AS_IS,
+        empty_is_unset: false,
     }
 }
 
-/// TS_USERSPACE is a boolean: true/1 is networking "userspace", false/0 "kernel".
+/// A containerboot boolean, read as Go's strconv.ParseBool reads it (`True`, `t`, `1`...).
+const fn ts_bool(name: &'static str, rewrite: Rewrite) -> Var {
+    Var {
+        name,
+        rewrite,
+        empty_is_unset: true,
+    }
+}
+
+/// A Go boolean's spelling as "true" or "false".
+fn go_bool_word(value: &str) -> Option<&'static str> {
+    match super::upflags::go_bool(value.trim()) {
+        Some(true) => Some("true"),
+        Some(false) => Some("false"),
+        None => None,
+    }
+}
+
+/// TS_USERSPACE is a boolean: true is networking "userspace", false "kernel".
 fn userspace_networking(value: &str) -> Option<&'static str> {
-    match value.trim() {
-        "true" | "1" => Some("userspace"),
-        "false" | "0" => Some("kernel"),
-        _ => None,
+    match super::upflags::go_bool(value.trim()) {
+        Some(true) => Some("userspace"),
+        Some(false) => Some("kernel"),
+        None => None,
     }
 }
 
@@ -86,12 +108,12 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("grace_period", [], |c, raw| c.grace_period =
         duration_value(raw, false)?.unwrap_or_default()),
     setting!("escalate_after", [], |c, raw| c.escalate_after = duration_value(raw, true)?),
-    setting!("networking", [Var { name: "TS_USERSPACE", rewrite: userspace_networking }],
+    setting!("networking", [ts_bool("TS_USERSPACE", userspace_networking)],
         |c, raw| c.networking = [Networking::Kernel, Networking::Userspace, Networking::Auto]
             [variant(raw, &["kernel", "userspace", "auto"])?]),
     setting!("on_failure", [], |c, raw| c.on_failure =
         [OnFailure::Exit, OnFailure::Continue][variant(raw, &["exit", "continue"])?]),
-    setting!("ssh", [ts("TS_SSH")], |c, raw| c.ssh = bool_value(raw)?),
+    setting!("ssh", [ts_bool("TS_SSH", go_bool_word)], |c, raw| c.ssh = bool_value(raw)?),
     setting!("serve_config", [ts("TS_SERVE_CONFIG")], |c, raw| c.serve_config =
         optional_path(raw)?),
     setting!("tailscale.enabled", [], |c, raw| c.tailscale.enabled = enabled_value(raw)?),
@@ -113,7 +135,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
         optional_path(raw)?),
     setting!("tailscale.login_server", [], |c, raw| c.tailscale.login_server =
         optional_text(raw)?),
-    setting!("tailscale.accept_dns", [ts("TS_ACCEPT_DNS")], |c, raw| c.tailscale.accept_dns =
+    setting!("tailscale.accept_dns", [ts_bool("TS_ACCEPT_DNS", go_bool_word)], |c, raw| c.tailscale.accept_dns =
         bool_value(raw)?),
     setting!("tailscale.advertise_tags", [], |c, raw| {
         c.tailscale.advertise_tags = list_value(raw)?;

@@ -592,17 +592,32 @@ fn the_settings_table_is_consistent() {
             "{name} is an auth key variable"
         );
     }
-    // TS_USERSPACE is a boolean.
+    // TS_USERSPACE is a boolean, spelt as Go's strconv.ParseBool reads it; empty is unset.
     for (value, want) in [
         ("true", Networking::Userspace),
         ("1", Networking::Userspace),
+        ("True", Networking::Userspace),
+        ("t", Networking::Userspace),
         (" 0 ", Networking::Kernel),
         ("false", Networking::Kernel),
+        ("FALSE", Networking::Kernel),
+        ("F", Networking::Kernel),
         ("auto", Networking::Auto),
+        ("", Networking::Auto),
     ] {
         let c = load_text("", &[("TS_USERSPACE", value)]).unwrap();
         assert_eq!(c.networking, want, "TS_USERSPACE={value:?}");
     }
+    // So are TS_ACCEPT_DNS and TS_SSH.
+    for (value, want) in [("T", true), ("True", true), ("f", false), ("", false)] {
+        let c = load_text("", &[("TS_ACCEPT_DNS", value), ("TS_SSH", value)]).unwrap();
+        assert_eq!((c.tailscale.accept_dns, c.ssh), (want, want), "{value:?}");
+    }
+    let err = load_text("", &[("TS_ACCEPT_DNS", "maybe")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "TS_ACCEPT_DNS=\"maybe\": `maybe` is not a boolean: use true or false"
+    );
 }
 
 /// An entry in the table is all it takes: every setting is read from its TSINIT_*
