@@ -567,3 +567,52 @@ fn ts_authkey_file_prefix_names_the_file_with_the_key() {
     assert_eq!(net.control.register_count(), 1, "{stderr}");
     assert!(!stderr.contains(KEY), "{stderr}");
 }
+
+/// Settings only `tailscale set` has (TS_EXTRA_SET_ARGS): set right after the first
+/// login, then compared with tailscaled's prefs, so a later boot runs no CLI call.
+#[test]
+fn ts_extra_set_args_are_set_after_login_and_kept() {
+    let net = Tailnet::new("set-args");
+    let set = "--webclient --relay-server-port=40123";
+    boot_with(&net, &[("TS_AUTHKEY", KEY), ("TS_EXTRA_SET_ARGS", set)]);
+    let calls = net.cli_calls();
+    assert_eq!((ran(&calls, "up"), ran(&calls, "set")), (1, 1), "{calls:?}");
+    assert!(
+        calls[1].ends_with("set --webclient=true --relay-server-port=40123"),
+        "{calls:?}"
+    );
+    boot_with(&net, &[("TS_EXTRA_SET_ARGS", set)]);
+    assert_eq!(
+        net.cli_calls(),
+        Vec::<String>::new(),
+        "in step: no CLI call"
+    );
+    // Changed: only what differs.
+    boot_with(
+        &net,
+        &[(
+            "TS_EXTRA_SET_ARGS",
+            "--webclient=false --relay-server-port=40123",
+        )],
+    );
+    let calls = net.cli_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].ends_with("set --webclient=false"), "{calls:?}");
+}
+
+/// An exit node given as its two routes in TS_ROUTES, as containerboot users write it:
+/// later boots see it is advertised and run nothing.
+#[test]
+fn exit_routes_in_ts_routes_are_the_exit_node() {
+    let net = Tailnet::new("exit-routes");
+    let routes = ("TS_ROUTES", "10.8.0.0/16,0.0.0.0/0,::/0");
+    boot_with(&net, &[("TS_AUTHKEY", KEY), routes]);
+    let calls = net.cli_calls();
+    assert!(
+        calls[0].contains("--advertise-routes=10.8.0.0/16")
+            && calls[0].contains("--advertise-exit-node=true"),
+        "{calls:?}"
+    );
+    boot_with(&net, &[routes]);
+    assert_eq!(net.cli_calls(), Vec::<String>::new());
+}

@@ -228,6 +228,7 @@ mod tests {
             up_timeout: "60s".into(),
             flags: Default::default(),
             extra_up_args: vec![],
+            set_flags: Default::default(),
             ssh: false,
         }
     }

@@ -134,7 +134,12 @@ impl Tailscaled {
                     Answer::TimedOut | Answer::Failed(_) => String::new(),
                 };
                 info!("tailscale is up as {} ({ips})", self.p.desired.hostname);
-                go(Ok(self.after_converge(flow)))
+                // What only `tailscale set` changes comes after the login.
+                let set = self.p.desired.set_flags.args();
+                match set.is_empty() {
+                    true => go(Ok(self.after_converge(flow))),
+                    false => go(self.run_set(set, init, flow)),
+                }
             }
             Step::Running { until, flow } => {
                 let netmap_in = self.hosts.is_none() || !self.view.dns_name().is_empty();
@@ -324,6 +329,12 @@ impl Tailscaled {
             no_snat: prefs.no_snat,
             netfilter_mode: prefs.netfilter_mode,
             operator: prefs.operator_user.clone(),
+            web_client: prefs.run_web_client,
+            update_check: prefs.update_check,
+            auto_update: prefs.auto_update.unwrap_or(false),
+            posture_checking: prefs.posture_checking,
+            relay_server_port: prefs.relay_server_port,
+            profile_name: prefs.profile_name.clone(),
         };
         let hostname = self.p.desired.hostname.clone();
         match plan::plan(&current, &self.p.desired) {

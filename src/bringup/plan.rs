@@ -2,7 +2,7 @@
 //! from what tailscaled reports: nothing, `tailscale set`, or `tailscale up`. Pure logic;
 //! the effects (running the CLI) are the bring-up's.
 
-use crate::config::{Config, UpFlags};
+use crate::config::{Config, SetFlags, UpFlags};
 use crate::duration;
 use crate::localapi::BackendState;
 
@@ -20,6 +20,8 @@ pub struct Desired {
     pub flags: UpFlags,
     /// The extra `up` arguments that are not node settings tsinit reads.
     pub extra_up_args: Vec<String>,
+    /// Settings only `tailscale set` changes (set after a login, then kept).
+    pub set_flags: SetFlags,
     /// Tailscale SSH (`--ssh`).
     pub ssh: bool,
 }
@@ -28,6 +30,17 @@ impl Desired {
     /// `default_hostname` is used when the configuration names none.
     pub fn from_config(config: &Config, default_hostname: &str) -> Desired {
         let t = &config.tailscale;
+        // 0.0.0.0/0 and ::/0 among the routes are the exit node (prefs keep them with the
+        // routes; `set` and `up` take them as --advertise-exit-node).
+        let mut flags = t.up_flags.clone();
+        let advertise_routes = t.advertise_routes.as_ref().map(|routes| {
+            let (exit, other): (Vec<String>, Vec<String>) =
+                routes.iter().cloned().partition(|r| is_exit_route(r));
+            if !exit.is_empty() {
+                flags.advertise_exit_node.get_or_insert(true);
+            }
+            other
+        });
         Desired {
             hostname: t
                 .hostname
@@ -35,11 +48,12 @@ impl Desired {
                 .unwrap_or_else(|| default_hostname.to_string()),
             accept_dns: t.accept_dns,
             advertise_tags: t.advertise_tags.clone(),
-            advertise_routes: t.advertise_routes.clone(),
+            advertise_routes,
             login_server: t.login_server.clone(),
             up_timeout: duration::format(t.up_timeout),
-            flags: t.up_flags.clone(),
+            flags,
             extra_up_args: t.extra_up_args.clone(),
+            set_flags: t.extra_set_args.clone(),
             ssh: config.ssh,
         }
     }
@@ -71,6 +85,12 @@ pub struct Current {
     /// 0 off, 1 nodivert, 2 on.
     pub netfilter_mode: u8,
     pub operator: String,
+    pub web_client: bool,
+    pub update_check: bool,
+    pub auto_update: bool,
+    pub posture_checking: bool,
+    pub relay_server_port: Option<u16>,
+    pub profile_name: String,
 }
 
 /// Whether `route` is one of the two an exit node advertises.
@@ -250,6 +270,25 @@ fn set_args(current: &Current, desired: &Desired) -> Vec<String> {
     {
         set.push(format!("--operator={user}"));
     }
+    let s = &desired.set_flags;
+    let only_set = [
+        bool_flag(s.webclient, current.web_client, "webclient"),
+        bool_flag(s.auto_update, current.auto_update, "auto-update"),
+        bool_flag(s.update_check, current.update_check, "update-check"),
+        bool_flag(s.report_posture, current.posture_checking, "report-posture"),
+    ];
+    set.extend(only_set.into_iter().flatten());
+    if let Some(port) = s.relay_server_port
+        && port != current.relay_server_port
+    {
+        let port = port.map(|p| p.to_string()).unwrap_or_default();
+        set.push(format!("--relay-server-port={port}"));
+    }
+    if let Some(name) = &s.nickname
+        && *name != current.profile_name
+    {
+        set.push(format!("--nickname={name}"));
+    }
     set
 }
 
@@ -322,6 +361,7 @@ mod tests {
                 ..UpFlags::default()
             },
             extra_up_args: vec!["--nickname=n".into()],
+            set_flags: SetFlags::default(),
             ssh: false,
         }
     }
@@ -530,6 +570,34 @@ mod tests {
             !up_args(&empty)
                 .iter()
                 .any(|a| a.starts_with("--advertise-routes"))
+        );
+    }
+
+    #[test]
+    fn set_only_settings_are_compared_with_prefs() {
+        let mut d = desired();
+        d.set_flags = SetFlags {
+            webclient: Some(true),
+            relay_server_port: Some(Some(40000)),
+            ..SetFlags::default()
+        };
+        assert_eq!(
+            plan(&running(), &d),
+            Plan::Set(vec![
+                "--webclient=true".into(),
+                "--relay-server-port=40000".into()
+            ])
+        );
+        let set = Current {
+            web_client: true,
+            relay_server_port: Some(40000),
+            ..running()
+        };
+        assert_eq!(plan(&set, &d), Plan::Nothing);
+        d.set_flags.relay_server_port = Some(None);
+        assert_eq!(
+            plan(&set, &d),
+            Plan::Set(vec!["--relay-server-port=".into()])
         );
     }
 

@@ -19,7 +19,7 @@ use raw::Raw;
 use settings::{AS_IS, SETTINGS};
 pub(crate) use settings::{CONTAINERBOOT_ENV, KEYS};
 pub use settings::{check_hostname, check_routes, check_tag};
-pub use upflags::UpFlags;
+pub use upflags::{SetFlags, UpFlags};
 
 /// The configuration file read when neither --config nor TSINIT_CONFIG names one.
 pub const DEFAULT_PATH: &str = "/etc/tsinit/tsinit.toml";
@@ -119,6 +119,8 @@ pub struct Tailscale {
     pub up_flags: UpFlags,
     /// The extra `up` arguments tsinit does not read (passed to `tailscale up`).
     pub extra_up_args: Vec<String>,
+    /// Settings only `tailscale set` changes (`extra_set_args`).
+    pub extra_set_args: SetFlags,
     /// Secrets found in the extra `up` arguments (taken out of `extra_up_args`).
     pub up_secrets: Vec<crate::bringup::identity::SecretArg>,
     pub tailscaled_args: Vec<String>,
@@ -159,6 +161,7 @@ impl Default for Config {
                 up_timeout: Duration::from_secs(60),
                 up_flags: UpFlags::default(),
                 extra_up_args: Vec::new(),
+                extra_set_args: SetFlags::default(),
                 up_secrets: Vec::new(),
                 tailscaled_args: Vec::new(),
                 socks5_server: "localhost:1055".to_string(),

@@ -150,6 +150,8 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("tailscale.extra_up_args", [ts("TS_EXTRA_ARGS")], |c, raw|
         (c.tailscale.extra_up_args, c.tailscale.up_secrets) =
             crate::bringup::identity::split_secret_args(&args_value(raw)?)),
+    setting!("tailscale.extra_set_args", [ts("TS_EXTRA_SET_ARGS")], |c, raw|
+        c.tailscale.extra_set_args = super::upflags::set_flags(&args_value(raw)?)?),
     setting!("tailscale.tailscaled_args", [ts("TS_TAILSCALED_EXTRA_ARGS")], |c, raw|
         c.tailscale.tailscaled_args = args_value(raw)?),
     setting!("tailscale.socks5_server", [ts("TS_SOCKS5_SERVER")], |c, raw|
@@ -205,8 +207,7 @@ const CONTAINERBOOT_VARS: usize = {
 /// The official tailscale image's variables tsinit accepts (and TS_SSH), and the key
 /// each sets, in the table's order.
 /// `TS_USERSPACE` maps true/false to networking "userspace"/"kernel". The auth key
-/// variables are not settings (see `tailscale::auth_key`); TS_AUTH_ONCE is accepted and
-/// ignored, since tsinit never re-registers a configured node anyway.
+/// variables are not settings (see `bringup::identity::auth_key`).
 pub(crate) const CONTAINERBOOT_ENV: [(&str, &str); CONTAINERBOOT_VARS] = {
     let mut vars = [("", ""); CONTAINERBOOT_VARS];
     let (mut n, mut i) = (0, 0);

@@ -497,6 +497,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("tailscale.advertise_routes", "10.0.0.0/8"),
     ("tailscale.up_timeout", "90s"),
     ("tailscale.extra_up_args", "--nickname=box"),
+    ("tailscale.extra_set_args", "--webclient"),
     ("tailscale.tailscaled_args", "--verbose=1"),
     ("tailscale.socks5_server", "localhost:2000"),
     ("tailscale.http_proxy", "localhost:2001"),
@@ -739,5 +740,50 @@ fn up_flags_in_extra_args_are_settings() {
     for (env, want) in cases {
         let err = load_text("", env).unwrap_err();
         assert_eq!(err.to_string(), *want, "{env:?}");
+    }
+}
+
+#[test]
+fn set_only_flags_go_in_extra_set_args() {
+    let c = load_text(
+        "",
+        &[(
+            "TS_EXTRA_SET_ARGS",
+            "--webclient --relay-server-port 40000 --auto-update=false",
+        )],
+    )
+    .unwrap();
+    let f = &c.tailscale.extra_set_args;
+    assert_eq!(f.webclient, Some(true));
+    assert_eq!(f.relay_server_port, Some(Some(40000)));
+    assert_eq!(f.auto_update, Some(false));
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "TS_EXTRA_ARGS",
+            "--auto-update",
+            "`--auto-update` is a `tailscale set` flag that `tailscale up` refuses: move it to \
+             tailscale.extra_set_args (TS_EXTRA_SET_ARGS)",
+        ),
+        (
+            "TS_EXTRA_SET_ARGS",
+            "--hostname=x",
+            "`--hostname` is an `up` flag too: give it in tailscale.extra_up_args \
+             (TS_EXTRA_ARGS), where tsinit keeps it at every boot",
+        ),
+        (
+            "TS_EXTRA_SET_ARGS",
+            "--relay-server-port=x",
+            "`--relay-server-port=x`: `x` is not a port number (0-65535)",
+        ),
+        (
+            "TS_EXTRA_SET_ARGS",
+            "--sync=false",
+            "`--sync` is not one of the flags tailscale.extra_set_args takes (auto-update, \
+             nickname, relay-server-port, report-posture, update-check, webclient)",
+        ),
+    ];
+    for (var, value, want) in cases {
+        let err = load_text("", &[(var, value)]).unwrap_err();
+        assert_eq!(err.message, *want, "{var}={value}");
     }
 }

@@ -27,6 +27,93 @@ pub struct UpFlags {
     pub operator: Option<String>,
 }
 
+/// Settings only `tailscale set` changes (`up` refuses these flags), from
+/// `tailscale.extra_set_args` (TS_EXTRA_SET_ARGS); `None`: not given.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SetFlags {
+    pub webclient: Option<bool>,
+    pub auto_update: Option<bool>,
+    pub update_check: Option<bool>,
+    pub report_posture: Option<bool>,
+    /// `Some(None)`: the relay server off (`--relay-server-port=`).
+    pub relay_server_port: Option<Option<u16>>,
+    pub nickname: Option<String>,
+}
+
+impl std::fmt::Debug for SetFlags {
+    /// As the `tailscale set` arguments they stand for.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "SetFlags({:?})", self.args())
+    }
+}
+
+impl SetFlags {
+    /// All of them as `tailscale set` arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let bools = [
+            ("webclient", self.webclient),
+            ("auto-update", self.auto_update),
+            ("update-check", self.update_check),
+            ("report-posture", self.report_posture),
+        ];
+        for (name, value) in bools {
+            if let Some(v) = value {
+                out.push(format!("--{name}={v}"));
+            }
+        }
+        if let Some(port) = self.relay_server_port {
+            let port = port.map(|p| p.to_string()).unwrap_or_default();
+            out.push(format!("--relay-server-port={port}"));
+        }
+        if let Some(name) = &self.nickname {
+            out.push(format!("--nickname={name}"));
+        }
+        out
+    }
+}
+
+/// The flags `tailscale.extra_set_args` takes: the settings `tailscale set` changes
+/// that `tailscale up` has no flag for (all compared with tailscaled's prefs).
+const SET_FLAGS: &[(&str, Kind)] = &[
+    ("auto-update", Bool),
+    ("nickname", Value),
+    ("relay-server-port", Value),
+    ("report-posture", Bool),
+    ("update-check", Bool),
+    ("webclient", Bool),
+];
+
+/// Reads `tailscale.extra_set_args`.
+pub(super) fn set_flags(args: &[String]) -> Result<SetFlags, String> {
+    let mut f = SetFlags::default();
+    for g in parse(args, SET_FLAGS, "tailscale set")? {
+        let b = || g.value == "true";
+        match g.name.as_str() {
+            "webclient" => f.webclient = Some(b()),
+            "auto-update" => f.auto_update = Some(b()),
+            "update-check" => f.update_check = Some(b()),
+            "report-posture" => f.report_posture = Some(b()),
+            "nickname" => f.nickname = Some(g.value.clone()),
+            "relay-server-port" => {
+                f.relay_server_port = match g.value.as_str() {
+                    "" => Some(None),
+                    v => Some(Some(v.parse().map_err(|_| {
+                        format!("`{}`: `{v}` is not a port number (0-65535)", g.text())
+                    })?)),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "`--{other}` is an `up` flag too: give it in tailscale.extra_up_args \
+                     (TS_EXTRA_ARGS), where tsinit keeps it at every boot"
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
 /// Whether a flag takes a value (`--flag value` reads the next argument) or is boolean
 /// (`--flag` alone means true; a value only as `--flag=value`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -101,21 +188,22 @@ pub(crate) fn go_bool(value: &str) -> Option<bool> {
     }
 }
 
-/// Reads `args` as Go's flag package does with `tailscale up`'s flags.
-fn parse(args: &[String]) -> Result<Vec<Given>, String> {
+/// Reads `args` as Go's flag package does with the flags `known` of the `tailscale`
+/// subcommand `command`.
+fn parse(args: &[String], known: &[(&str, Kind)], command: &str) -> Result<Vec<Given>, String> {
     let mut out: Vec<Given> = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let flag = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
             Some(f) if !f.is_empty() && !f.starts_with('-') && !f.starts_with('=') => f,
             _ if arg == "--" => {
-                return Err("`--` ends the flags, and `tailscale up` takes no other \
-                            arguments: remove it"
-                    .to_string());
+                return Err(format!(
+                    "`--` ends the flags, and `{command}` takes no other arguments: remove it"
+                ));
             }
             _ => {
                 return Err(format!(
-                    "`{arg}` is not a flag (`tailscale up` takes only flags, each starting \
+                    "`{arg}` is not a flag (`{command}` takes only flags, each starting \
                      with `--`)"
                 ));
             }
@@ -124,8 +212,19 @@ fn parse(args: &[String]) -> Result<Vec<Given>, String> {
             Some((n, v)) => (n, Some(v)),
             None => (flag, None),
         };
-        let kind = match UP_FLAGS.iter().find(|(n, _)| *n == name) {
+        let kind = match known.iter().find(|(n, _)| *n == name) {
             Some((_, kind)) => *kind,
+            // Set flags of up's that tsinit manages itself: their `up` kind, refused later.
+            None if command != "tailscale up" => match UP_FLAGS.iter().find(|(n, _)| *n == name) {
+                Some((_, kind)) => *kind,
+                None => {
+                    return Err(format!(
+                        "`--{name}` is not one of the flags tailscale.extra_set_args takes \
+                         (auto-update, nickname, relay-server-port, report-posture, \
+                         update-check, webclient)"
+                    ));
+                }
+            },
             None if SET_ONLY.contains(&name) => {
                 return Err(format!(
                     "`--{name}` is a `tailscale set` flag that `tailscale up` refuses: move it \
@@ -139,7 +238,7 @@ fn parse(args: &[String]) -> Result<Vec<Given>, String> {
                 _ => Bool,
             },
         };
-        let known = UP_FLAGS.iter().any(|(n, _)| *n == name);
+        let known = known.iter().chain(UP_FLAGS).any(|(n, _)| *n == name);
         let (value, args) = match (kind, inline) {
             (Bool, None) => ("true".to_string(), vec![arg.clone()]),
             (Bool, Some(v)) if !known => (v.to_string(), vec![arg.clone()]),
@@ -173,7 +272,7 @@ fn parse(args: &[String]) -> Result<Vec<Given>, String> {
 /// `given(key)` says whether the setting `key` was set explicitly (file or environment):
 /// a flag that contradicts one is an error, since either could be meant.
 pub(super) fn merge(config: &mut Config, given: &dyn Fn(&str) -> bool) -> Result<(), String> {
-    let flags = parse(&config.tailscale.extra_up_args)?;
+    let flags = parse(&config.tailscale.extra_up_args, UP_FLAGS, "tailscale up")?;
     let mut rest = Vec::new();
     let t = &mut config.tailscale;
     let f = &mut t.up_flags;

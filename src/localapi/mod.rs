@@ -590,6 +590,7 @@ mod tests {
             logged_out: true,
             no_stateful_filtering: true,
             netfilter_mode: 2,
+            update_check: true,
             ..Default::default()
         };
         assert_eq!(prefs, want);

@@ -133,6 +133,31 @@ pub fn prefs(raw: &[u8]) -> Result<Prefs, String> {
                 p.netfilter_mode = u8::try_from(mode).map_err(|_| c.bad("bad NetfilterMode"))?;
             }
             b"OperatorUser" => p.operator_user = text(c)?,
+            b"RunWebClient" => p.run_web_client = flag(c)?,
+            b"PostureChecking" => p.posture_checking = flag(c)?,
+            b"ProfileName" => p.profile_name = text(c)?,
+            b"RelayServerPort" => {
+                let port = c.number()?;
+                p.relay_server_port = port
+                    .map(u16::try_from)
+                    .transpose()
+                    .map_err(|_| c.bad("bad RelayServerPort"))?;
+            }
+            b"AutoUpdate" => {
+                c.or_null(|c| {
+                    c.object(|c, key| match key {
+                        b"Check" => {
+                            p.update_check = flag(c)?;
+                            Ok(())
+                        }
+                        b"Apply" => {
+                            p.auto_update = c.boolean()?;
+                            Ok(())
+                        }
+                        _ => c.skip(),
+                    })
+                })?;
+            }
             b"Config" => {
                 c.or_null(|c| {
                     c.object(|c, key| match key {

@@ -65,6 +65,15 @@ pub struct Prefs {
     pub operator_user: String,
     /// Config.NodeID: the persisted login's node ("" when the node never logged in).
     pub node_id: String,
+    pub run_web_client: bool,
+    /// AutoUpdate.Check.
+    pub update_check: bool,
+    /// AutoUpdate.Apply (null: not set).
+    pub auto_update: Option<bool>,
+    pub posture_checking: bool,
+    /// `None`: no relay server.
+    pub relay_server_port: Option<u16>,
+    pub profile_name: String,
 }
 
 impl Prefs {
