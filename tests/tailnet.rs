@@ -616,3 +616,41 @@ fn exit_routes_in_ts_routes_are_the_exit_node() {
     boot_with(&net, &[routes]);
     assert_eq!(net.cli_calls(), Vec::<String>::new());
 }
+
+/// A subnet router in kernel mode forwards: tsinit turns IP forwarding on in the
+/// container's network namespace (as containerboot does), and leaves it alone otherwise.
+#[test]
+fn kernel_mode_routes_turn_on_ip_forwarding() {
+    let net = Tailnet::new("forwarding");
+    let show = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding";
+    let boot = |routes: Option<&str>| {
+        // Off before each boot (a new namespace starts with the machine's values).
+        let off = "echo 0 > /proc/sys/net/ipv4/ip_forward; \
+                   echo 0 > /proc/sys/net/ipv6/conf/all/forwarding";
+        let reset = net.ns.cmd("sh").args(["-c", off]).status().unwrap();
+        assert!(reset.success());
+        let mut cmd = net.tsinit(&["--", "sh", "-c", show]);
+        cmd.env("TS_AUTHKEY", KEY)
+            .env("TSINIT_NETWORKING", "kernel");
+        if let Some(r) = routes {
+            cmd.env("TS_ROUTES", r);
+        }
+        let mut r = Running::start(cmd);
+        assert_eq!(r.code(), 0, "{}", r.stderr());
+        r.stdout()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(boot(None), ["0", "0"], "no routes: left as it was");
+    assert_eq!(
+        boot(Some("10.5.0.0/16")),
+        ["1", "0"],
+        "an IPv4 route: IPv4 only"
+    );
+    assert_eq!(
+        boot(Some("0.0.0.0/0,::/0")),
+        ["1", "1"],
+        "an exit node: both"
+    );
+}

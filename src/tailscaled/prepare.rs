@@ -117,6 +117,10 @@ pub fn prepare(
             desired.extra_up_args.join(" ")
         );
     }
+    if !userspace {
+        let (v4, v6) = forwarding_needed(&desired);
+        ensure_forwarding(Path::new("/proc/sys/net"), v4, v6).map_err(Error::Unavailable)?;
+    }
     let serve = ServeSetup::from_config(config)?;
     if desired.ssh && userspace {
         info!(
@@ -305,4 +309,81 @@ pub fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+/// Which IP families a subnet router or exit node with kernel networking forwards: the
+/// families of the advertised routes, both for an exit node.
+fn forwarding_needed(desired: &Desired) -> (bool, bool) {
+    let routes = desired.advertise_routes.as_deref().unwrap_or_default();
+    let exit = desired.flags.advertise_exit_node == Some(true);
+    let v6 = |r: &String| r.contains(':');
+    (
+        exit || routes.iter().any(|r| !v6(r)),
+        exit || routes.iter().any(v6),
+    )
+}
+
+/// Turns on IPv4/IPv6 forwarding under `net` (/proc/sys/net) where it is needed and
+/// off; an error says why it cannot and how to set it for the container.
+fn ensure_forwarding(net: &Path, v4: bool, v6: bool) -> Result<(), String> {
+    let wanted = [(v4, "ipv4/ip_forward"), (v6, "ipv6/conf/all/forwarding")];
+    for (_, file) in wanted.iter().filter(|(on, _)| *on) {
+        let path = net.join(file);
+        let sysctl = format!("net.{}", file.replace('/', "."));
+        let on = std::fs::read_to_string(&path).map(|v| v.trim() == "1");
+        let result = match on {
+            Ok(true) => Ok(()),
+            Ok(false) => std::fs::write(&path, "1"),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => debug!("{sysctl} is 1"),
+            Err(e) => {
+                return Err(format!(
+                    "the advertised routes or exit node need IP forwarding, and {sysctl} is \
+                     off and cannot be turned on here ({}): set it for the container \
+                     (docker run --sysctl {sysctl}=1, or `sysctls:` in Compose), or run it \
+                     privileged",
+                    crate::error::os_message(&e)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_follows_the_routes_families_and_the_exit_node() {
+        let with = |extra: &str| {
+            let env = |k: &str| (k == "TS_EXTRA_ARGS").then(|| extra.to_string());
+            let config = crate::config::from_text("test", "", &env).unwrap();
+            forwarding_needed(&Desired::from_config(&config, "h"))
+        };
+        assert_eq!(with(""), (false, false));
+        assert_eq!(with("--advertise-routes=10.0.0.0/8"), (true, false));
+        assert_eq!(with("--advertise-routes=fd00::/64"), (false, true));
+        assert_eq!(with("--advertise-exit-node"), (true, true));
+        assert_eq!(with("--advertise-routes="), (false, false));
+    }
+
+    #[test]
+    fn forwarding_is_turned_on_or_explained() {
+        let dir = std::env::temp_dir().join(format!("tsinit-fwd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ipv4")).unwrap();
+        let v4 = dir.join("ipv4/ip_forward");
+        std::fs::write(&v4, "0\n").unwrap();
+        ensure_forwarding(&dir, true, false).unwrap();
+        assert_eq!(std::fs::read_to_string(&v4).unwrap(), "1");
+        // Not there (IPv6 off, or no /proc/sys): what to set, and how.
+        let err = ensure_forwarding(&dir, true, true).unwrap_err();
+        assert!(
+            err.contains("net.ipv6.conf.all.forwarding is off and cannot be turned on")
+                && err.contains("--sysctl net.ipv6.conf.all.forwarding=1"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
