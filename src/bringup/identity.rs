@@ -160,6 +160,24 @@ pub fn is_locator(key: &str) -> bool {
     key.starts_with("arn:aws:ssm:")
 }
 
+/// A warning for a key that makes an ephemeral node while tsinit keeps the node's
+/// state: an OAuth client secret mints ephemeral keys unless it says
+/// `?ephemeral=false`, and control deletes an ephemeral node soon after it goes offline,
+/// while the saved state still says logged in.
+pub fn ephemeral_warning(key: &AuthKey) -> Option<String> {
+    let (secret, options) = key.key.split_once('?').unwrap_or((&key.key, ""));
+    let persistent = options.split('&').any(|o| o == "ephemeral=false");
+    (secret.starts_with("tskey-client-") && !persistent).then(|| {
+        format!(
+            "the auth key from {} is an OAuth client secret without ?ephemeral=false: the \
+             node it creates is ephemeral, and control removes it soon after it goes offline \
+             (a restart then needs a new login); append ?ephemeral=false (and \
+             &preauthorized=true) to the secret for a node that stays",
+            key.source
+        )
+    })
+}
+
 /// An OAuth client secret works as a key only with tags: say so before trying.
 pub fn check_key(key: &AuthKey, desired: &Desired) -> Result<(), String> {
     if key.key.starts_with("tskey-client-") && desired.advertise_tags.is_empty() {
@@ -259,6 +277,26 @@ mod tests {
         assert_eq!(key.key, arn);
         assert!(is_locator(&key.key) && !is_locator("tskey-auth-x"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn client_secrets_make_ephemeral_nodes_unless_they_say_otherwise() {
+        let key = |k: &str| AuthKey {
+            key: k.into(),
+            source: "$TS_AUTHKEY".into(),
+        };
+        let warned = |k: &str| ephemeral_warning(&key(k)).is_some();
+        assert!(warned("tskey-client-abc"));
+        assert!(warned("tskey-client-abc?preauthorized=true"));
+        assert!(!warned(
+            "tskey-client-abc?ephemeral=false&preauthorized=true"
+        ));
+        assert!(!warned("tskey-auth-abc"));
+        let text = ephemeral_warning(&key("tskey-client-abc")).unwrap();
+        assert!(
+            !text.contains("abc"),
+            "the secret is never in the message: {text}"
+        );
     }
 
     #[test]

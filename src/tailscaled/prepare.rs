@@ -145,6 +145,9 @@ pub fn prepare(
     })?;
     if let Some(key) = &key {
         identity::check_key(key, &desired).map_err(Error::Unavailable)?;
+        if let Some(warning) = identity::ephemeral_warning(key) {
+            warn!("{warning}");
+        }
         debug!("auth key from {}", key.source);
     }
     if config.hosts.enabled {
