@@ -308,6 +308,13 @@ where
             continue;
         }
         let shown = name.to_string_lossy();
+        if let Some(why) = unsupported(&shown, &value.to_string_lossy()) {
+            // The name only: some of these hold secrets.
+            return Err(ConfigError {
+                origin: shown.to_string(),
+                message: why.to_string(),
+            });
+        }
         if let Some((_, why)) = settings::REMOVED.iter().find(|(k, _)| env_name(k) == shown) {
             return Err(ConfigError {
                 origin: format!("{shown}={:?}", value.to_string_lossy()),
@@ -340,6 +347,76 @@ where
         }
     }
     Ok(())
+}
+
+/// The official image's variables tsinit does not support, and what to do instead.
+/// Set (non-empty; booleans: true) they stop tsinit rather than being ignored.
+const UNSUPPORTED: &[(&str, bool, &str)] = &[
+    (
+        "TS_KUBE_SECRET",
+        false,
+        "state in a Kubernetes Secret is not supported yet: keep the \
+      state on a volume (TS_STATE_DIR), or give tailscaled --state=kube:<name> in \
+      TS_TAILSCALED_EXTRA_ARGS",
+    ),
+    ("TS_CLIENT_ID", false, CREDENTIALS),
+    ("TS_CLIENT_SECRET", false, CREDENTIALS),
+    ("TS_ID_TOKEN", false, CREDENTIALS),
+    ("TS_AUDIENCE", false, CREDENTIALS),
+    ("TS_ENABLE_HEALTH_CHECK", true, HEALTH),
+    ("TS_ENABLE_METRICS", true, HEALTH),
+    ("TS_LOCAL_ADDR_PORT", false, HEALTH),
+    ("TS_HEALTHCHECK_ADDR_PORT", false, HEALTH),
+    (
+        "TS_DEBUG_ADDR_PORT",
+        false,
+        "give tailscaled --debug=<addr:port> in \
+      TS_TAILSCALED_EXTRA_ARGS",
+    ),
+    ("TS_DEST_IP", false, PROXY),
+    ("TS_EXPERIMENTAL_DEST_DNS_NAME", false, PROXY),
+    ("TS_TAILNET_TARGET_IP", false, PROXY),
+    ("TS_TAILNET_TARGET_FQDN", false, PROXY),
+    ("TS_EGRESS_PROXIES_CONFIG_PATH", false, PROXY),
+    ("TS_INGRESS_PROXIES_CONFIG_PATH", false, PROXY),
+    (
+        "TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR",
+        false,
+        "tsinit brings the node up with \
+      `tailscale up`/`set` from its own configuration, not from a tailscaled config file: \
+      use the TS_* variables or tsinit.toml",
+    ),
+    ("TS_EXPERIMENTAL_CERT_SHARE", true, "not supported"),
+    (
+        "TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT",
+        true,
+        "not supported (tsinit serves no \
+      Services)",
+    ),
+    (
+        "TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS",
+        true,
+        "not supported",
+    ),
+];
+
+const CREDENTIALS: &str = "not read from the environment yet: give --client-id=…, \
+    --client-secret=…, --id-token=… or --audience=… in TS_EXTRA_ARGS (the secrets among \
+    them reach the CLI through a memory file, never its arguments)";
+const HEALTH: &str = "the official image's health and metrics endpoint is not built yet: \
+    use `tsinit status` as the health check (exit 0 once the node is Running)";
+const PROXY: &str = "the official image's proxy modes are not supported: tsinit runs a \
+    workload beside tailscale, not a proxy";
+
+/// Whether `name=value` asks for something tsinit does not support (see [`UNSUPPORTED`]).
+fn unsupported(name: &str, value: &str) -> Option<&'static str> {
+    let (_, boolean, why) = UNSUPPORTED.iter().find(|(n, _, _)| *n == name)?;
+    let value = value.trim();
+    let asks = match boolean {
+        true => upflags::go_bool(value) != Some(false) && !value.is_empty(),
+        false => !value.is_empty(),
+    };
+    asks.then_some(*why)
 }
 
 /// Levenshtein distance between `a` and `b` (by characters).

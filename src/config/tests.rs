@@ -422,6 +422,34 @@ fn the_environment_is_checked_before_it_is_read() {
     );
     let err = check_environment(vars(vec![("TSINIT_HOST_PATH", "/h".into())])).unwrap_err();
     assert!(err.message.contains("TSINIT_HOSTS_PATH"), "{err}");
+    // The official image's variables tsinit does not support stop it, saying what to do
+    // instead; unset, empty or (booleans) false they are nothing. Secrets are not shown.
+    let err =
+        check_environment(vars(vec![("TS_CLIENT_SECRET", "tskey-client-s".into())])).unwrap_err();
+    assert_eq!(err.origin, "TS_CLIENT_SECRET");
+    assert!(err.message.contains("--client-secret=") && !err.to_string().contains("tskey"));
+    for (name, value) in [
+        ("TS_ENABLE_HEALTH_CHECK", "true"),
+        ("TS_ENABLE_METRICS", "1"),
+        ("TS_KUBE_SECRET", "tailscale"),
+        ("TS_DEST_IP", "10.0.0.1"),
+        ("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", "/etc/ts"),
+    ] {
+        let err = check_environment(vars(vec![(name, value.into())])).unwrap_err();
+        assert_eq!(err.origin, name);
+    }
+    for (name, value) in [
+        ("TS_ENABLE_HEALTH_CHECK", "false"),
+        ("TS_ENABLE_METRICS", ""),
+        ("TS_KUBE_SECRET", ""),
+        ("TS_AUTH_ONCE", "true"),
+    ] {
+        assert_eq!(
+            check_environment(vars(vec![(name, value.into())])),
+            Ok(()),
+            "{name}"
+        );
+    }
     // A removed setting says what replaces it.
     let err = check_environment(vars(vec![("TSINIT_SERVE_PORTS", "8080".into())])).unwrap_err();
     assert!(err.message.starts_with("serve_ports was removed"), "{err}");
