@@ -534,3 +534,28 @@ fn a_fifo_or_other_special_file_is_refused_without_blocking() {
         );
     }
 }
+
+/// A writer that opened the file, then stalled while tsinit rewrote the block several
+/// times (by rename), still gets its line into the file: replaced files are watched for
+/// a while, not only until the next write.
+#[test]
+fn a_line_from_a_writer_stalled_across_several_renames_is_kept() {
+    let dir = common::TempDir::new("stalled-writer");
+    let path = dir.write("hosts", "127.0.0.1 localhost\n");
+    let mut file = HostsFile::new(&path);
+    file.write(&block_of(1)).expect("write");
+    let mut stalled = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    for n in 2..5 {
+        file.write(&block_of(n)).expect("write");
+    }
+    stalled.write_all(b"10.9.9.9 late-writer\n").unwrap();
+    drop(stalled);
+    file.write(&block_of(5)).expect("write");
+    let content = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(content.matches("late-writer").count(), 1, "{content}");
+    let s = split(content.as_bytes());
+    assert_eq!((s.blocks, s.first_block), (1, s.outside.len()), "{content}");
+}

@@ -160,11 +160,18 @@ pub struct HostsFile {
     in_place: Option<bool>,
     /// Names already reported as left out (logged once, not at every write).
     reported: BTreeSet<(String, Skip)>,
-    /// The file the last rename replaced, and how much of it is carried over: lines a
-    /// writer that opened it before the rename writes to it later are carried over at
-    /// the next write.
-    replaced: Option<(File, u64)>,
+    /// The files recent renames replaced, how much of each is carried over, and when it
+    /// was replaced: lines a writer that opened one before its rename writes to it later
+    /// are carried over at the next writes, for [`KEEP_REPLACED`] (a writer that stalls
+    /// between its open() and its write() for longer than several writes of the block
+    /// is slow, not gone).
+    replaced: Vec<(File, u64, std::time::Instant)>,
 }
+
+/// How long a replaced file is watched for lines still written to it.
+const KEEP_REPLACED: std::time::Duration = std::time::Duration::from_secs(5);
+/// How many replaced files are watched at most.
+const MAX_REPLACED: usize = 16;
 
 impl HostsFile {
     pub fn new(path: &Path) -> HostsFile {
@@ -172,7 +179,7 @@ impl HostsFile {
             path: path.to_path_buf(),
             in_place: None,
             reported: BTreeSet::new(),
-            replaced: None,
+            replaced: Vec::new(),
         }
     }
 
@@ -230,9 +237,11 @@ impl HostsFile {
     /// [`write`](HostsFile::write) with the block made by `make` from the lines outside it.
     fn write_with(&mut self, make: &mut MakeBlock<'_>) -> io::Result<Written> {
         let target = std::fs::canonicalize(&self.path)?;
-        if let Some((old, seen)) = &mut self.replaced {
+        for (old, seen, _) in &mut self.replaced {
             *seen = carry_over(old, *seen, &target)?;
         }
+        self.replaced
+            .retain(|(_, _, at)| at.elapsed() < KEEP_REPLACED);
         for _ in 0..TRIES {
             let file = open_regular(&target, OpenOptions::new().read(true))?;
             let current = read_all(&file)?;
@@ -248,7 +257,11 @@ impl HostsFile {
                 let desired = [&split.outside[..], block.as_bytes()];
                 match replace(&target, &file, &current, &desired)? {
                     Replaced::Done(seen) => {
-                        self.replaced = Some((file, seen));
+                        if self.replaced.len() >= MAX_REPLACED {
+                            self.replaced.remove(0);
+                        }
+                        let now = std::time::Instant::now();
+                        self.replaced.push((file, seen, now));
                         return Ok(Written::Replaced);
                     }
                     Replaced::Changed => continue,
@@ -348,10 +361,10 @@ enum Replaced {
 /// ([`Replaced::Changed`]: start over). Lines appended since it was read (up to and
 /// after the rename, by writers that opened the file before it) are in the old file;
 /// once renamed, what the old file grew by is appended to the new one, at once and
-/// at the next write (see [`HostsFile::replaced`]). What remains: a change
+/// at the next writes (see [`HostsFile::replaced`]). What remains: a change
 /// that does not append, made in the microseconds between the check and the rename, is
-/// lost, and so are lines written to the old file after the next write (by a writer
-/// that keeps the file open). On any error the file is left as it was and the temporary
+/// lost, and so are lines written to the old file more than [`KEEP_REPLACED`] after
+/// the rename (by a writer that keeps the file open that long). On any error the file is left as it was and the temporary
 /// file removed.
 fn replace(target: &Path, old: &File, current: &[u8], desired: &[&[u8]]) -> io::Result<Replaced> {
     let meta = old.metadata()?;
