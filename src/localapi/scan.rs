@@ -40,27 +40,14 @@ pub fn status(raw: &[u8]) -> Result<Status, String> {
             b"Health" => s.health = c.texts()?,
             b"MagicDNSSuffix" => s.magic_dns_suffix = c.owned()?,
             b"CurrentTailnet" => {
-                s.current_tailnet = c.or_null(|c| {
-                    let mut t = Tailnet::default();
-                    c.object(|c, key| match key {
-                        b"MagicDNSSuffix" => {
-                            t.magic_dns_suffix = c.owned()?;
-                            Ok(())
-                        }
-                        _ => c.skip(),
-                    })?;
-                    Ok(t)
-                })?;
+                let suffix = c.member(b"MagicDNSSuffix", Cursor::owned)?;
+                s.current_tailnet = suffix.map(|magic_dns_suffix| Tailnet { magic_dns_suffix });
             }
-            b"Peer" => {
-                c.or_null(|c| {
-                    c.object(|c, key| {
-                        let key = String::from_utf8_lossy(key).into_owned();
-                        s.peer.insert(key, peer(c)?);
-                        Ok(())
-                    })
-                })?;
-            }
+            b"Peer" => c.members(|c, key| {
+                let key = String::from_utf8_lossy(key).into_owned();
+                s.peer.insert(key, peer(c)?);
+                Ok(())
+            })?,
             b"TUN" => s.tun = c.boolean()?.unwrap_or(false),
             b"CertDomains" => s.cert_domains = c.texts()?,
             _ => c.skip()?,
@@ -78,14 +65,10 @@ fn peer(c: &mut Cursor) -> Result<PeerStatus, String> {
             b"DNSName" => p.dns_name = c.owned()?,
             b"TailscaleIPs" => p.tailscale_ips = c.texts()?,
             b"Online" => p.online = c.boolean()?.unwrap_or(false),
-            b"CapMap" => {
-                c.or_null(|c| {
-                    c.object(|c, key| {
-                        p.cap_map.push(String::from_utf8_lossy(key).into_owned());
-                        c.skip()
-                    })
-                })?;
-            }
+            b"CapMap" => c.members(|c, key| {
+                p.cap_map.push(String::from_utf8_lossy(key).into_owned());
+                c.skip()
+            })?,
             _ => c.skip()?,
         }
         Ok(())
@@ -118,15 +101,7 @@ pub fn prefs(raw: &[u8]) -> Result<Prefs, String> {
             b"ExitNodeIP" => p.exit_node_ip = text(c)?,
             b"ExitNodeAllowLANAccess" => p.exit_node_allow_lan_access = flag(c)?,
             b"AppConnector" => {
-                c.or_null(|c| {
-                    c.object(|c, key| match key {
-                        b"Advertise" => {
-                            p.advertise_connector = flag(c)?;
-                            Ok(())
-                        }
-                        _ => c.skip(),
-                    })
-                })?;
+                p.advertise_connector = c.member(b"Advertise", flag)?.unwrap_or(false);
             }
             b"NetfilterMode" => {
                 let mode = c.number()?.unwrap_or(0);
@@ -143,32 +118,15 @@ pub fn prefs(raw: &[u8]) -> Result<Prefs, String> {
                     .transpose()
                     .map_err(|_| c.bad("bad RelayServerPort"))?;
             }
-            b"AutoUpdate" => {
-                c.or_null(|c| {
-                    c.object(|c, key| match key {
-                        b"Check" => {
-                            p.update_check = flag(c)?;
-                            Ok(())
-                        }
-                        b"Apply" => {
-                            p.auto_update = c.boolean()?;
-                            Ok(())
-                        }
-                        _ => c.skip(),
-                    })
-                })?;
-            }
-            b"Config" => {
-                c.or_null(|c| {
-                    c.object(|c, key| match key {
-                        b"NodeID" => {
-                            p.node_id = text(c)?;
-                            Ok(())
-                        }
-                        _ => c.skip(),
-                    })
-                })?;
-            }
+            b"AutoUpdate" => c.members(|c, key| {
+                match key {
+                    b"Check" => p.update_check = flag(c)?,
+                    b"Apply" => p.auto_update = c.boolean()?,
+                    _ => c.skip()?,
+                }
+                Ok(())
+            })?,
+            b"Config" => p.node_id = c.member(b"NodeID", text)?.unwrap_or_default(),
             _ => c.skip()?,
         }
         Ok(())
@@ -260,6 +218,28 @@ impl<'a> Cursor<'a> {
             return Ok(None);
         }
         read(self).map(Some)
+    }
+
+    /// An object's members, or null (none): `each` as in [`object`](Cursor::object).
+    fn members(&mut self, each: impl FnMut(&mut Self, &'a [u8]) -> Step) -> Step {
+        self.or_null(|c| c.object(each)).map(drop)
+    }
+
+    /// Of an object (or null), the value of its member `name` as `read` reads it.
+    fn member<T>(
+        &mut self,
+        name: &[u8],
+        mut read: impl FnMut(&mut Self) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        let mut out = None;
+        self.members(|c, key| match key == name {
+            true => {
+                out = Some(read(c)?);
+                Ok(())
+            }
+            false => c.skip(),
+        })?;
+        Ok(out)
     }
 
     /// An array whose elements `read` reads.
