@@ -392,6 +392,24 @@ fn saw_hosts_block(r: &Running) {
     }
 }
 
+/// An AWS Parameter Store ARN names where the key is: it goes to the CLI as the flag's
+/// value (the CLI fetches the key; a memory file would hide the ARN from it).
+#[test]
+fn row01b_an_arn_key_is_given_to_the_cli_to_resolve() {
+    const ARN: &str = "arn:aws:ssm:eu-west-1:123456789012:parameter/ts-key";
+    const FLAG: &str = "--auth-key=arn:aws:ssm:eu-west-1:123456789012:parameter/ts-key";
+    let mut up = UP.to_vec();
+    up.push(FLAG);
+    check(Row {
+        name: "arn-key",
+        scenario: json!({"state": "NeedsLogin", "cli": up_reaches_running()}),
+        env: vec![("TS_AUTHKEY", ARN)],
+        calls: vec![(up, None)],
+        says: vec!["tailscale up as web"],
+        ..Row::default()
+    });
+}
+
 #[test]
 fn row01_needs_login_with_a_key_runs_one_up_with_the_key_in_a_memfd() {
     let (s, r) = check(Row {
