@@ -237,18 +237,7 @@ mod tests {
     use super::*;
 
     fn desired() -> Desired {
-        Desired {
-            hostname: "web".into(),
-            accept_dns: false,
-            advertise_tags: vec![],
-            advertise_routes: None,
-            login_server: None,
-            up_timeout: "60s".into(),
-            flags: Default::default(),
-            extra_up_args: vec![],
-            set_flags: Default::default(),
-            ssh: false,
-        }
+        Desired::from_config(&crate::config::Config::default(), "web")
     }
 
     #[test]

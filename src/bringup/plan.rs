@@ -316,30 +316,7 @@ pub fn up_args(desired: &Desired) -> Vec<String> {
     if desired.ssh {
         args.push("--ssh".to_string());
     }
-    let f = &desired.flags;
-    let bools = [
-        ("advertise-exit-node", f.advertise_exit_node),
-        ("accept-routes", f.accept_routes),
-        ("exit-node-allow-lan-access", f.exit_node_allow_lan_access),
-        ("advertise-connector", f.advertise_connector),
-        ("shields-up", f.shields_up),
-        ("snat-subnet-routes", f.snat_subnet_routes),
-    ];
-    for (name, value) in bools {
-        if let Some(value) = value {
-            args.push(format!("--{name}={value}"));
-        }
-    }
-    let texts = [
-        ("exit-node", &f.exit_node),
-        ("netfilter-mode", &f.netfilter_mode),
-        ("operator", &f.operator),
-    ];
-    for (name, value) in texts {
-        if let Some(value) = value {
-            args.push(format!("--{name}={value}"));
-        }
-    }
+    args.extend(desired.flags.args());
     args.extend(desired.extra_up_args.iter().cloned());
     args
 }

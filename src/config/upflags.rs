@@ -50,27 +50,57 @@ impl std::fmt::Debug for SetFlags {
 impl SetFlags {
     /// All of them as `tailscale set` arguments.
     pub fn args(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let bools = [
-            ("webclient", self.webclient),
-            ("auto-update", self.auto_update),
-            ("update-check", self.update_check),
-            ("report-posture", self.report_posture),
-        ];
-        for (name, value) in bools {
-            if let Some(v) = value {
-                out.push(format!("--{name}={v}"));
-            }
-        }
-        if let Some(port) = self.relay_server_port {
-            let port = port.map(|p| p.to_string()).unwrap_or_default();
-            out.push(format!("--relay-server-port={port}"));
-        }
-        if let Some(name) = &self.nickname {
-            out.push(format!("--nickname={name}"));
-        }
-        out
+        let port = self
+            .relay_server_port
+            .map(|p| p.map(|p| p.to_string()).unwrap_or_default());
+        flag_args(
+            &[
+                ("webclient", self.webclient),
+                ("auto-update", self.auto_update),
+                ("update-check", self.update_check),
+                ("report-posture", self.report_posture),
+            ],
+            &[
+                ("relay-server-port", port.as_deref()),
+                ("nickname", self.nickname.as_deref()),
+            ],
+        )
     }
+}
+
+impl UpFlags {
+    /// The ones given, as `tailscale up` arguments.
+    pub fn args(&self) -> Vec<String> {
+        flag_args(
+            &[
+                ("advertise-exit-node", self.advertise_exit_node),
+                ("accept-routes", self.accept_routes),
+                (
+                    "exit-node-allow-lan-access",
+                    self.exit_node_allow_lan_access,
+                ),
+                ("advertise-connector", self.advertise_connector),
+                ("shields-up", self.shields_up),
+                ("snat-subnet-routes", self.snat_subnet_routes),
+            ],
+            &[
+                ("exit-node", self.exit_node.as_deref()),
+                ("netfilter-mode", self.netfilter_mode.as_deref()),
+                ("operator", self.operator.as_deref()),
+            ],
+        )
+    }
+}
+
+/// `--name=value` for each flag given, the booleans first.
+fn flag_args(bools: &[(&str, Option<bool>)], texts: &[(&str, Option<&str>)]) -> Vec<String> {
+    let bools = bools
+        .iter()
+        .filter_map(|(n, v)| Some(format!("--{n}={}", (*v)?)));
+    let texts = texts
+        .iter()
+        .filter_map(|(n, v)| Some(format!("--{n}={}", (*v)?)));
+    bools.chain(texts).collect()
 }
 
 /// The flags `tailscale.extra_set_args` takes: the settings `tailscale set` changes

@@ -236,15 +236,6 @@ impl LocalApi {
             .ok_or_else(|| proto(format!("LocalAPI {method} {path}: no response")))
     }
 
-    /// GET `path`, require 2xx, and decode the JSON body.
-    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        let resp = require_2xx(self.request("GET", path, None)?)?;
-        serde_json::from_slice(&resp.body).map_err(|source| ApiError::Json {
-            context: format!("decoding the response to GET {path}"),
-            source,
-        })
-    }
-
     /// The status of this node, without its peers (which come with the netmap on the IPN
     /// bus): small whatever the tailnet's size.
     pub fn status(&self) -> Result<Status, ApiError> {

@@ -134,19 +134,27 @@ impl Request {
     }
 }
 
-/// Decodes a JSON answer to `what`.
 /// The status in an answer to GET [`STATUS`](super::STATUS).
 pub fn decode_status(resp: &Response) -> Result<super::Status, ApiError> {
-    super::scan::status(&resp.body)
-        .map_err(|e| ApiError::Protocol(format!("decoding the response to status: {e}")))
+    scanned(resp, "status", super::scan::status)
 }
 
 /// The prefs in an answer to GET [`PREFS`](super::PREFS).
 pub fn decode_prefs(resp: &Response) -> Result<super::Prefs, ApiError> {
-    super::scan::prefs(&resp.body)
-        .map_err(|e| ApiError::Protocol(format!("decoding the response to prefs: {e}")))
+    scanned(resp, "prefs", super::scan::prefs)
 }
 
+/// An answer to `what` as the scanner `scan` reads it.
+fn scanned<T>(
+    resp: &Response,
+    what: &str,
+    scan: fn(&[u8]) -> Result<T, String>,
+) -> Result<T, ApiError> {
+    scan(&resp.body)
+        .map_err(|e| ApiError::Protocol(format!("decoding the response to {what}: {e}")))
+}
+
+/// Decodes a JSON answer to `what`.
 pub fn decode<T: serde::de::DeserializeOwned>(resp: &Response, what: &str) -> Result<T, ApiError> {
     serde_json::from_slice(&resp.body).map_err(|source| ApiError::Json {
         context: format!("decoding the response to {what}"),
