@@ -96,11 +96,14 @@ impl UpFlags {
 fn flag_args(bools: &[(&str, Option<bool>)], texts: &[(&str, Option<&str>)]) -> Vec<String> {
     let bools = bools
         .iter()
-        .filter_map(|(n, v)| Some(format!("--{n}={}", (*v)?)));
-    let texts = texts
-        .iter()
-        .filter_map(|(n, v)| Some(format!("--{n}={}", (*v)?)));
-    bools.chain(texts).collect()
+        .map(|(n, v)| (*n, v.map(|b| if b { "true" } else { "false" })));
+    let mut out = Vec::new();
+    for (name, value) in bools.chain(texts.iter().copied()) {
+        if let Some(value) = value {
+            out.push(format!("--{name}={value}"));
+        }
+    }
+    out
 }
 
 /// The flags `tailscale.extra_set_args` takes: the settings `tailscale set` changes
