@@ -100,7 +100,7 @@ proptest! {
         prop_assert_eq!(&after.outside, &before.outside);
         prop_assert_eq!(after.blocks, 1);
         prop_assert_eq!(apply(&out, &block), out.clone());
-        for line in String::from_utf8(after.body.unwrap()).unwrap().lines() {
+        for line in std::str::from_utf8(&out[after.body.unwrap()]).unwrap().lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             prop_assert!(fields.len() == 2 || fields.len() == 3, "{line:?}");
             let ip: std::net::IpAddr = fields[0].parse().unwrap();

@@ -20,8 +20,8 @@ pub struct Split {
     pub outside: Vec<u8>,
     /// Byte offset where the first block begins (the file's length if it has none).
     pub first_block: usize,
-    /// The lines inside the last block, without the markers.
-    pub body: Option<Vec<u8>>,
+    /// Where the lines inside the last block are (without the markers).
+    pub body: Option<std::ops::Range<usize>>,
     pub blocks: usize,
 }
 
@@ -44,15 +44,19 @@ pub fn split(content: &[u8]) -> Split {
         blocks: 0,
     };
     let mut pos = 0;
-    let mut in_block: Option<Vec<u8>> = None;
+    // Where the body of the block being read starts.
+    let mut in_block: Option<usize> = None;
     while pos < content.len() {
         let end = content[pos..]
             .iter()
             .position(|&b| b == b'\n')
             .map_or(content.len(), |i| pos + i + 1);
         let line = &content[pos..end];
-        match in_block.as_mut() {
-            None if line_is(line, BEGIN, true) => {
+        // Marker lines start with '#': the others are told apart by one byte.
+        let marker =
+            |m: &str, prefix_only| line.first() == Some(&b'#') && line_is(line, m, prefix_only);
+        match in_block {
+            None if marker(BEGIN, true) => {
                 // The newline before BEGIN is the block's own.
                 let start = if pos > 0 && content[pos - 1] == b'\n' {
                     out.outside.pop();
@@ -62,19 +66,19 @@ pub fn split(content: &[u8]) -> Split {
                 };
                 out.first_block = out.first_block.min(start);
                 out.blocks += 1;
-                in_block = Some(Vec::new());
+                in_block = Some(end);
             }
             None => out.outside.extend_from_slice(line),
-            Some(body) if line_is(line, END, false) => {
-                out.body = Some(std::mem::take(body));
+            Some(body) if marker(END, false) => {
+                out.body = Some(body..pos);
                 in_block = None;
             }
-            Some(body) => body.extend_from_slice(line),
+            Some(_) => {}
         }
         pos = end;
     }
     if let Some(body) = in_block {
-        out.body = Some(body);
+        out.body = Some(body..content.len());
     }
     out
 }

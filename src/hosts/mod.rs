@@ -45,8 +45,9 @@ pub struct Entry {
 impl Entry {
     /// The short name the line gives, if any.
     pub fn short(&self) -> Option<&str> {
+        let dot = self.fqdn.bytes().position(|b| b == b'.');
         match self.with_short {
-            true => self.fqdn.split('.').next(),
+            true => self.fqdn.get(..dot.unwrap_or(self.fqdn.len())),
             false => None,
         }
     }
@@ -271,14 +272,17 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
         utc(written)
     ));
     for e in entries {
+        // Pieces of text, not characters: a char is encoded at every push.
+        const SPACE: &str = " ";
+        const NEWLINE: &str = "\n";
         push_ip(&mut out, &e.ip);
-        out.push(' ');
+        out.push_str(SPACE);
         out.push_str(&e.fqdn);
         if let Some(s) = e.short() {
-            out.push(' ');
+            out.push_str(SPACE);
             out.push_str(s);
         }
-        out.push('\n');
+        out.push_str(NEWLINE);
     }
     out.push_str(END);
     out.push('\n');
@@ -286,39 +290,36 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
 }
 
 /// Appends `ip` as its Display would (RFC 5952 for IPv6: lower-case hex, the longest run
-/// of two or more zero groups, the first of equals, as "::").
+/// of two or more zero groups, the first of equals, as "::"). Made as bytes in a buffer
+/// of its own and appended at once: a big tailnet's block has thousands of addresses.
 fn push_ip(out: &mut String, ip: &IpAddr) {
-    fn dec(out: &mut String, n: u8) {
-        if n >= 100 {
-            out.push((b'0' + n / 100) as char);
+    let mut buf = [0u8; 40];
+    let mut len = 0;
+    let mut put = |b: u8| {
+        if let Some(slot) = buf.get_mut(len) {
+            *slot = b;
+            len += 1;
         }
-        if n >= 10 {
-            out.push((b'0' + n / 10 % 10) as char);
-        }
-        out.push((b'0' + n % 10) as char);
-    }
-    fn hex(out: &mut String, n: u16) {
-        let mut started = false;
-        for shift in [12, 8, 4, 0] {
-            let d = (n >> shift) & 0xf;
-            started |= d != 0 || shift == 0;
-            if started {
-                out.push(char::from(b"0123456789abcdef"[usize::from(d)]));
-            }
-        }
-    }
+    };
     match ip {
         IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
+            for (i, n) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    put(b'.');
                 }
-                dec(out, o);
+                if n >= 100 {
+                    put(b'0' + n / 100);
+                }
+                if n >= 10 {
+                    put(b'0' + n / 10 % 10);
+                }
+                put(b'0' + n % 10);
             }
         }
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() || v6.segments()[..6] == [0; 6] => {
             // Forms with a dotted tail: rare, and never Tailscale addresses.
             out.push_str(&v6.to_string());
+            return;
         }
         IpAddr::V6(v6) => {
             let g = v6.segments();
@@ -343,18 +344,27 @@ fn push_ip(out: &mut String, ip: &IpAddr) {
             }
             for (i, &x) in g.iter().enumerate() {
                 if i == best {
-                    out.push_str("::");
+                    put(b':');
+                    put(b':');
                 } else if i > best && i < best + best_len {
                     continue;
                 } else {
                     if i > 0 && i != best + best_len {
-                        out.push(':');
+                        put(b':');
                     }
-                    hex(out, x);
+                    let mut started = false;
+                    for shift in [12, 8, 4, 0] {
+                        let d = (x >> shift) & 0xf;
+                        started |= d != 0 || shift == 0;
+                        if started {
+                            put(b"0123456789abcdef"[usize::from(d)]);
+                        }
+                    }
                 }
             }
         }
     }
+    out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
 }
 
 /// Names the block never carries, whatever the tailnet says: they name this machine
@@ -380,7 +390,13 @@ fn fold(name: &str) -> String {
 
 /// Whether `name` is reserved (see [`RESERVED`]) or under "localhost.".
 pub fn reserved(name: &str) -> bool {
-    let folded = |n: &str| RESERVED.contains(&n) || n.ends_with(".localhost");
+    // Every reserved name starts with "localhost", "ip6-" or "broadcast": most names are
+    // ruled out without comparing them to each (this runs for every line of the block).
+    let folded = |n: &str| {
+        n.ends_with(".localhost")
+            || ((n.starts_with("localhost") || n.starts_with("ip6-") || n.starts_with("broadcast"))
+                && RESERVED.contains(&n))
+    };
     match name.bytes().any(|b| b.is_ascii_uppercase()) || name.ends_with('.') {
         true => folded(&fold(name)),
         false => folded(name),
@@ -502,8 +518,17 @@ pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Sk
             mapped.contains(name).then_some(Skip::Mapped)
         }
     };
-    let shadows = |e: &Entry| skip(&e.fqdn).is_some() || e.short().and_then(skip).is_some();
-    if !list.iter().any(shadows) {
+    // The lines of one machine are next to each other and share its names: each
+    // machine is looked at once.
+    let mut last: Option<&Rc<str>> = None;
+    let any = list.iter().any(|e| {
+        if last.is_some_and(|l| Rc::ptr_eq(l, &e.fqdn)) {
+            return false;
+        }
+        last = Some(&e.fqdn);
+        skip(&e.fqdn).is_some() || e.short().and_then(skip).is_some()
+    });
+    if !any {
         return (None, Vec::new());
     }
     let mut kept = Vec::with_capacity(list.len());
