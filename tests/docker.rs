@@ -913,3 +913,45 @@ fn start_sleeping_pid1(c: &Container) {
     );
     assert_eq!(out.code, 0, "{out}");
 }
+
+// ---------------------------------------------------------------------------------------
+// arm64.
+
+/// The Containerfile builds a linux/arm64 image with the classic builder from the
+/// offline inputs (scripts/image with TSINIT_IMAGE_ARCH=arm64, aarch64 registered with
+/// binfmt_misc by scripts/with-qemu-aarch64): the image says arm64 and is labelled a test
+/// image (its tailscale is amd64), and in it the aarch64 tsinit runs an aarch64 busybox
+/// shell as its workload and exits with its status.
+#[test]
+fn an_arm64_image_builds_with_the_classic_builder_and_runs_its_workload() {
+    // After the main image: both builds prune the classic builder's stage images.
+    image();
+    struct Tag(String);
+    impl Drop for Tag {
+        fn drop(&mut self) {
+            remove(&["image", "rm", "--force", &self.0], "No such image");
+        }
+    }
+    let tag = Tag(format!("{}:arm64", unique("image")));
+    let script = r#"
+        set -eu
+        TSINIT_IMAGE="$1" TSINIT_IMAGE_ARCH=arm64 scripts/image >/dev/null
+        docker image inspect --format 'arch={{.Architecture}} label={{index .Config.Labels "org.tsinit.test-image"}}' "$1"
+        status=0
+        docker run --rm --network none -e TSINIT_TAILSCALE_ENABLED=false "$1" \
+            /bin/sh -c 'echo "machine=$(uname -m)"; exit 7' || status=$?
+        echo "exit=$status"
+    "#;
+    let mut cmd = Command::new(Path::new(REPO).join("scripts/with-qemu-aarch64"));
+    cmd.current_dir(REPO)
+        .args(["bash", "-c", script, "arm64", &tag.0]);
+    let out = run(cmd, Duration::from_secs(900));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        out.stdout
+            .contains("arch=arm64 label=tailscale and tailscaled inside are amd64"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("machine=aarch64\n"), "{out}");
+    assert!(out.stdout.contains("exit=7\n"), "{out}");
+}
