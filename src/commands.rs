@@ -111,7 +111,7 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
     .collect();
     if opts.json {
         let mut json: serde_json::Value =
-            serde_json::from_str(&report.to_json()).unwrap_or(serde_json::Value::Null);
+            serde_json::from_slice(report.to_json().as_bytes()).unwrap_or(serde_json::Value::Null);
         if let Some(obj) = json.as_object_mut() {
             let v: serde_json::Map<String, serde_json::Value> = versions
                 .iter()

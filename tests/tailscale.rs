@@ -465,3 +465,34 @@ fn without_tailscale_it_is_a_plain_init_and_says_so_once() {
         "tsinit: tailscaled not found in PATH: running as a plain init\n"
     );
 }
+
+/// All of a dying tailscaled's log is read before its last lines are reported: a daemon
+/// that writes thousands of lines at once and exits (the thread passing its log on is
+/// still a pipe's worth behind when its exit is seen) has its very last line in the error.
+#[test]
+fn a_dying_tailscaleds_last_line_is_in_the_error_however_much_it_logged() {
+    let ns = NetNs::new();
+    let dir = TempDir::new("loud");
+    let fake = dir.path().join("tailscaled");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 5000 ]; do echo \"line $i of a long log\"; i=$((i+1)); done > \"$0.log\"\n\
+         echo 'the very last line' >> \"$0.log\"\ncat \"$0.log\" >&2\nexit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = pid1_in(&ns, dir.path(), &["--", "true"]);
+    cmd.env("TSINIT_TAILSCALE_TAILSCALED", &fake)
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    let err = r.stderr();
+    let report = err
+        .split("before it was ready; its last lines:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no report of the exit: {err}"));
+    assert!(
+        report.contains("  tailscaled: the very last line\n"),
+        "{report}"
+    );
+}

@@ -452,7 +452,7 @@ impl Tailscaled {
     fn last_lines(&self) -> String {
         self.daemon
             .as_ref()
-            .map(|d| d.last_lines())
+            .map(|d| d.last_lines(std::time::Duration::ZERO))
             .unwrap_or_default()
     }
 }

@@ -29,7 +29,7 @@ pub fn read_serve_file(path: &Path, domain: &str) -> Result<super::Fragment, Str
     let text = config::read_small_file(path)?;
     let expanded = super::expand_cert_domain(&text, domain);
     let value: serde_json::Value =
-        serde_json::from_str(&expanded).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_slice(expanded.as_bytes()).map_err(|e| format!("not JSON: {e}"))?;
     super::Fragment::from_json(&value)
 }
 
@@ -76,7 +76,7 @@ impl ServeSetup {
         let Ok(text) = std::fs::read_to_string(&self.record) else {
             return super::Fragment::default();
         };
-        serde_json::from_str(&text)
+        serde_json::from_slice(text.as_bytes())
             .map_err(|e| e.to_string())
             .and_then(|v| super::Fragment::from_json(&v))
             .unwrap_or_else(|e| {

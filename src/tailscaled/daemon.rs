@@ -9,7 +9,8 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use log::{debug, log, warn};
 
@@ -33,13 +34,20 @@ pub struct Daemon {
     pub pid: i32,
     /// Its last log lines (shared with the thread that passes its log on).
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Set (and notified) once that thread has read the end of the log.
+    log_end: Arc<(Mutex<bool>, Condvar)>,
     /// SIGKILL was sent (it did not answer in time): its exit is awaited.
     pub killed: bool,
 }
 
 impl Daemon {
-    /// Its last log lines, indented, for an error message.
-    pub fn last_lines(&self) -> String {
+    /// Its last log lines, indented, for an error message; once it has exited, waiting up
+    /// to `wait` for the rest of its log (the thread passing it on may lag behind).
+    pub fn last_lines(&self, wait: Duration) -> String {
+        let (ended, notify) = &*self.log_end;
+        if let Ok(ended) = ended.lock() {
+            notify.wait_timeout_while(ended, wait, |ended| !*ended).ok();
+        }
         let tail = self.tail.lock().map(|t| t.clone()).unwrap_or_default();
         if tail.is_empty() {
             return "(it logged nothing)".to_string();
@@ -110,6 +118,8 @@ pub fn spawn(
     let pid = child.id() as i32;
     init.adopt(pid);
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let log_end = Arc::new((Mutex::new(false), Condvar::new()));
+    let log_ended = log_end.clone();
     if let Some(stderr) = child.stderr.take() {
         let sink = match &cfg.log_file {
             None => LogSink::Log(cfg.log_level),
@@ -129,11 +139,12 @@ pub fn spawn(
                 }
             },
         };
-        forward_log(stderr, tail.clone(), sink);
+        forward_log(stderr, tail.clone(), sink, log_ended);
     }
     Ok(Daemon {
         pid,
         tail,
+        log_end,
         killed: false,
     })
 }
@@ -150,7 +161,9 @@ fn forward_log(
     stderr: impl Read + Send + 'static,
     tail: Arc<Mutex<VecDeque<String>>>,
     mut sink: LogSink,
+    ended: Arc<(Mutex<bool>, Condvar)>,
 ) {
+    let unread = ended.clone();
     let spawned = std::thread::Builder::new()
         .name("tailscaled-log".to_string())
         .spawn(move || {
@@ -185,8 +198,16 @@ fn forward_log(
                     t.push_back(line);
                 }
             }
+            if let Ok(mut end) = ended.0.lock() {
+                *end = true;
+            }
+            ended.1.notify_all();
         });
     if let Err(e) = spawned {
+        // Nothing will be read: nobody waits for the end of the log.
+        if let Ok(mut end) = unread.0.lock() {
+            *end = true;
+        }
         warn!("cannot start the thread that passes on tailscaled's log: {e}");
     }
 }

@@ -37,6 +37,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HOSTS_PAUSE: u32 = 4;
 /// How long a lost LocalAPI connection waits for tailscaled's exit to explain it.
 const GONE_WAIT: Duration = Duration::from_secs(1);
+/// Before the workload starts, how long a tailscaled that exited is given for the rest
+/// of its log to be read (its last lines explain the failure).
+const LOG_END_WAIT: Duration = Duration::from_secs(1);
 
 /// Where tsinit is in its life: before the workload (failures end tsinit, unless
 /// on_failure says otherwise), while it runs (failures are retried), shutting down.
@@ -180,7 +183,7 @@ impl Tailscaled {
             if let Some(d) = &self.daemon
                 && let Some(exit) = init.take_exit(d.pid)
             {
-                let lines = d.last_lines();
+                let lines = d.last_lines(LOG_END_WAIT);
                 self.lost_daemon();
                 return Err(BringupError::Failed(format!(
                     "tailscaled exited ({}) before it was ready; its last lines:\n{lines}",
@@ -195,7 +198,7 @@ impl Tailscaled {
                     // last lines) is the better answer.
                     let exit = self.daemon.as_ref().and_then(|d| {
                         init.wait_exit(d.pid, Instant::now() + GONE_WAIT)
-                            .map(|exit| (exit, d.last_lines()))
+                            .map(|exit| (exit, d.last_lines(LOG_END_WAIT)))
                     });
                     if let Some((exit, lines)) = exit {
                         self.lost_daemon();
@@ -378,7 +381,8 @@ impl Service for Tailscaled {
             warn!(
                 "tailscaled exited ({}); its last lines:\n{}",
                 describe(exit),
-                d.last_lines()
+                // The workload may run: what has been read of its log, without waiting.
+                d.last_lines(Duration::ZERO)
             );
             self.lost_daemon();
             self.schedule_retry();
