@@ -410,6 +410,25 @@ fn row01b_an_arn_key_is_given_to_the_cli_to_resolve() {
     });
 }
 
+/// The CLI's `up` can see Running before tsinit's bus follower has the netmap: the
+/// workload still starts only once the hosts block lists the node and its peers (here
+/// the netmap comes 400 ms after Running).
+#[test]
+fn row01c_the_workload_waits_for_the_netmap_that_follows_running() {
+    let (_, r) = check(Row {
+        name: "netmap-late",
+        scenario: json!({"state": "NeedsLogin", "expect_key": KEY, "cli": {"up": {
+            "then": [{"state": "Starting"}, {"after_ms": 20, "state": "Running"}],
+            "after": [{"after_ms": 400, "netmap": true}]
+        }}}),
+        env: vec![("TS_AUTHKEY", KEY)],
+        calls: vec![(up_with_key(), Some("matches"))],
+        says: vec!["tailscale up as web"],
+        ..Row::default()
+    });
+    saw_hosts_block(&r);
+}
+
 #[test]
 fn row01_needs_login_with_a_key_runs_one_up_with_the_key_in_a_memfd() {
     let (s, r) = check(Row {

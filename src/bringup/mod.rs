@@ -180,8 +180,15 @@ impl Tailscaled {
                 }
             }
             Step::Settle { until } => {
-                // Not waited for once the bus has ended (it will not be heard).
-                if self.view.heard > 0 || !self.follows_bus() || Instant::now() >= until {
+                // The node is up: with a hosts block, its netmap is awaited too (the CLI
+                // can see Running before this bus follower has read the netmap), so the
+                // workload finds the names in place. Not waited for once the bus has
+                // ended (it will not be heard).
+                let netmap_in = self.hosts.is_none() || !self.view.dns_name().is_empty();
+                if (self.view.heard > 0 && netmap_in)
+                    || !self.follows_bus()
+                    || Instant::now() >= until
+                {
                     go(self.finish())
                 } else {
                     wait(Step::Settle { until })

@@ -167,6 +167,9 @@ pub struct CliRule {
     pub apply_flags: bool,
     /// Changes made before the CLI answers (as `up` waits for Running).
     pub then: Vec<Step>,
+    /// Changes made after it answered, in the background (what tailscaled sends on its
+    /// bus after the CLI saw Running).
+    pub after: Vec<Step>,
 }
 
 impl Default for CliRule {
@@ -176,6 +179,7 @@ impl Default for CliRule {
             output: String::new(),
             apply_flags: true,
             then: Vec::new(),
+            after: Vec::new(),
         }
     }
 }
@@ -948,7 +952,7 @@ fn watch(fake: &Arc<Fake>, mut conn: UnixStream, mask: u64, what: &str) -> std::
 }
 
 /// Handles a call of the CLI stand-in.
-fn cli(fake: &Fake, call: &CliCall) -> CliAnswer {
+fn cli(fake: &Arc<Fake>, call: &CliCall) -> CliAnswer {
     let sub = call
         .args
         .iter()
@@ -974,6 +978,10 @@ fn cli(fake: &Fake, call: &CliCall) -> CliAnswer {
         fake.changed.notify_all();
     }
     run_steps(fake, &rule.then);
+    if !rule.after.is_empty() {
+        let (fake, after) = (fake.clone(), rule.after.clone());
+        std::thread::spawn(move || run_steps(&fake, &after));
+    }
     CliAnswer {
         exit: rule.exit,
         output: rule.output,
