@@ -413,6 +413,8 @@ fn kernel_networking_with_the_tun_device_and_net_admin() {
             "TSINIT_NETWORKING=kernel",
             "--env",
             "TSINIT_ON_FAILURE=continue",
+            "--env",
+            "TSINIT_TAILSCALE_LOG_LEVEL=info",
         ],
         &[
             "sh",
@@ -426,6 +428,13 @@ fn kernel_networking_with_the_tun_device_and_net_admin() {
     assert!(out.stdout.contains("sysfs "), "{out}");
     assert!(out.stdout.contains("networking: kernel"), "{out}");
     assert!(!out.stderr.contains("USERSPACE"), "{out}");
+    // The image has no iptables: tailscaled programs the firewall with nftables (through
+    // netlink, no binary needed), as the README says.
+    assert!(
+        out.stderr.contains("iptables not found")
+            && out.stderr.contains("falling back to nftables"),
+        "{out}"
+    );
 }
 
 #[test]
