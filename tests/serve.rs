@@ -32,12 +32,9 @@ fn node(
     let mut full = vec!["-c", config.to_str().unwrap()];
     full.extend_from_slice(args);
     let mut cmd = pid1_in(ns, dir, &full);
-    cmd.env("TSINIT", common::tsinit_bin())
-        .env("TSINIT_NETWORKING", networking)
+    common::login_env(&mut cmd, control.url());
+    cmd.env("TSINIT_NETWORKING", networking)
         .env("TSINIT_TAILSCALE_HOSTNAME", name)
-        .env("TSINIT_TAILSCALE_LOGIN_SERVER", control.url())
-        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
-        .env("TS_DEBUG_USE_DERP_HTTP", "1")
         .env("TS_AUTHKEY", KEY);
     cmd
 }

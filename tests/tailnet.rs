@@ -64,11 +64,8 @@ impl Tailnet {
             self.bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        cmd.env("PATH", path)
-            .env("TSINIT", common::tsinit_bin())
-            .env("TSINIT_TAILSCALE_LOGIN_SERVER", self.control.url())
-            .env("TS_DEBUG_USE_DERP_HTTP", "1")
-            .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s");
+        cmd.env("PATH", path);
+        common::login_env(&mut cmd, self.control.url());
         cmd
     }
 
@@ -357,15 +354,12 @@ fn tailnet_node(
     ])
     .arg("mount --bind \"$NODE_HOSTS\" /etc/hosts && exec \"$TSINIT\" -- sh -c \"$SCRIPT\"");
     common::tailscale_env(&mut cmd, dir.path());
+    common::login_env(&mut cmd, control.url());
     cmd.env("NODE_HOSTS", &hosts)
-        .env("TSINIT", common::tsinit_bin())
         .env("SCRIPT", script)
         .env("TSINIT_HOSTS_PATH", "/etc/hosts")
         .env("TSINIT_NETWORKING", networking)
         .env("TSINIT_TAILSCALE_HOSTNAME", name)
-        .env("TSINIT_TAILSCALE_LOGIN_SERVER", control.url())
-        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
-        .env("TS_DEBUG_USE_DERP_HTTP", "1")
         .env("TS_AUTHKEY", KEY);
     Running::start(cmd)
 }

@@ -141,30 +141,27 @@ impl Tailscaled {
                     false => go(self.run_set(set, init, flow)),
                 }
             }
-            Step::Running { until, flow } => {
-                let netmap_in = self.hosts.is_none() || !self.view.dns_name().is_empty();
-                match self.view.state {
-                    Some(BackendState::Running) if netmap_in => go(Ok(self.after_running(flow))),
-                    Some(s)
-                        if !matches!(
-                            s,
-                            BackendState::Starting | BackendState::NoState | BackendState::Running
-                        ) =>
-                    {
-                        go(self.explain(Failure::LeftStarting {
-                            state: s,
-                            health: String::new(),
-                        }))
-                    }
-                    state if Instant::now() >= until => fail(Failure::Stuck {
-                        state: state.unwrap_or(BackendState::Starting).to_string(),
-                        setting: "tailscale.up_timeout",
-                        limit: self.cfg.up_timeout,
-                        tail: self.last_lines(),
-                    }),
-                    _ => wait(Step::Running { until, flow }),
+            Step::Running { until, flow } => match self.view.state {
+                Some(BackendState::Running) if self.netmap_in() => go(Ok(self.after_running(flow))),
+                Some(s)
+                    if !matches!(
+                        s,
+                        BackendState::Starting | BackendState::NoState | BackendState::Running
+                    ) =>
+                {
+                    go(self.explain(Failure::LeftStarting {
+                        state: s,
+                        health: String::new(),
+                    }))
                 }
-            }
+                state if Instant::now() >= until => fail(Failure::Stuck {
+                    state: state.unwrap_or(BackendState::Starting).to_string(),
+                    setting: "tailscale.up_timeout",
+                    limit: self.cfg.up_timeout,
+                    tail: self.last_lines(),
+                }),
+                _ => wait(Step::Running { until, flow }),
+            },
             Step::Renamed { until, label } => {
                 if identity::named_after(self.view.dns_name(), &label) {
                     go(Ok(self.settle()))
@@ -180,12 +177,10 @@ impl Tailscaled {
                 }
             }
             Step::Settle { until } => {
-                // The node is up: with a hosts block, its netmap is awaited too (the CLI
-                // can see Running before this bus follower has read the netmap), so the
-                // workload finds the names in place. Not waited for once the bus has
-                // ended (it will not be heard).
-                let netmap_in = self.hosts.is_none() || !self.view.dns_name().is_empty();
-                if (self.view.heard > 0 && netmap_in)
+                // The node is up: its netmap is awaited too (the CLI can see Running
+                // before this bus follower has read the netmap). Not waited for once the
+                // bus has ended (it will not be heard).
+                if (self.view.heard > 0 && self.netmap_in())
                     || !self.follows_bus()
                     || Instant::now() >= until
                 {
@@ -454,6 +449,12 @@ impl Tailscaled {
             };
         }
         self.settle()
+    }
+
+    /// Whether the netmap the hosts block is written from has arrived (there is nothing
+    /// to wait for without a hosts block): the workload then finds the names in place.
+    fn netmap_in(&self) -> bool {
+        self.hosts.is_none() || !self.view.dns_name().is_empty()
     }
 
     fn last_lines(&self) -> String {

@@ -45,11 +45,11 @@ pub struct Entry {
 impl Entry {
     /// The short name the line gives, if any.
     pub fn short(&self) -> Option<&str> {
-        let dot = self.fqdn.bytes().position(|b| b == b'.');
-        match self.with_short {
-            true => self.fqdn.get(..dot.unwrap_or(self.fqdn.len())),
-            false => None,
+        if !self.with_short {
+            return None;
         }
+        let end = self.fqdn.bytes().position(|b| b == b'.');
+        self.fqdn.get(..end.unwrap_or(self.fqdn.len()))
     }
 }
 

@@ -519,6 +519,16 @@ pub fn tailscale_env(cmd: &mut Command, dir: &Path) {
     }
 }
 
+/// Environment for a tsinit that logs in to the test control server at `url`: DERP over
+/// HTTP (the namespaces carry no UDP to it), a bring-up deadline long enough for a
+/// loaded machine, and `$TSINIT` naming the binary for scripts that exec it.
+pub fn login_env(cmd: &mut Command, url: impl AsRef<std::ffi::OsStr>) {
+    cmd.env("TSINIT", tsinit_bin())
+        .env("TSINIT_TAILSCALE_LOGIN_SERVER", url)
+        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "20s")
+        .env("TS_DEBUG_USE_DERP_HTTP", "1");
+}
+
 /// A hosts file of the test's own (never the machine's /etc/hosts), created with a
 /// line that must survive every write.
 pub fn test_hosts_file(dir: &Path) -> PathBuf {
