@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub(crate) mod duration;
+pub(crate) mod endpoint;
 pub mod error;
 pub mod hosts;
 pub mod init;

@@ -86,6 +86,14 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
+    if prepared.is_none() && config.http.serving().is_some() {
+        return fail(Error::Unavailable(
+            "the health and metrics endpoint (http.health, http.metrics) reports on the \
+             tailscale node, and tailscale is not run here (tailscale.enabled = false, or no \
+             tailscaled found): run tailscale, or turn health and metrics off"
+                .to_string(),
+        ));
+    }
     let mut tailnet = match prepared.map(|p| Tailscaled::new(p, &config)).transpose() {
         Ok(tailnet) => tailnet,
         Err(e) => return fail(e),

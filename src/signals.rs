@@ -85,9 +85,15 @@ impl Signals {
         self.child
     }
 
-    /// Sleeps until a signal arrives, one of `extra` becomes readable, or `deadline`
-    /// passes. Signals come first when several are ready at once.
-    pub fn wait_with(&self, deadline: Option<Instant>, extra: &[BorrowedFd]) -> io::Result<Wake> {
+    /// Sleeps until a signal arrives, one of `extra` becomes readable, one of `writable`
+    /// writable, or `deadline` passes. Signals come first when several are ready at once;
+    /// the descriptors are counted `extra` first, then `writable`.
+    pub fn wait_with(
+        &self,
+        deadline: Option<Instant>,
+        extra: &[BorrowedFd],
+        writable: &[BorrowedFd],
+    ) -> io::Result<Wake> {
         loop {
             // A deadline already past still gets one look (timeout 0) at what is pending.
             let timeout = match deadline {
@@ -99,9 +105,14 @@ impl Signals {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = Vec::with_capacity(1 + extra.len());
+            let mut fds = Vec::with_capacity(1 + extra.len() + writable.len());
             fds.push(PollFd::new(self.fd.as_fd(), PollFlags::POLLIN));
             fds.extend(extra.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
+            fds.extend(
+                writable
+                    .iter()
+                    .map(|fd| PollFd::new(*fd, PollFlags::POLLOUT)),
+            );
             match poll(&mut fds, timeout) {
                 Ok(0) if deadline.is_some_and(|at| at <= Instant::now()) => {
                     return Ok(Wake::Deadline);

@@ -648,3 +648,199 @@ fn kernel_mode_routes_turn_on_ip_forwarding() {
         "an exit node: both"
     );
 }
+
+/// containerboot's health and metrics variables, on this namespace's own loopback.
+const ENDPOINT: [(&str, &str); 3] = [
+    ("TS_ENABLE_HEALTH_CHECK", "true"),
+    ("TS_ENABLE_METRICS", "true"),
+    ("TS_LOCAL_ADDR_PORT", "127.0.0.1:9002"),
+];
+
+/// GET (or another method) `path` of the endpoint with curl, from inside `ns`: the status
+/// code and the body, or `None` if nothing answered within `max_secs`.
+fn http(ns: &NetNs, method: &str, path: &str, max_secs: u32) -> Option<(u16, String)> {
+    let out = ns
+        .cmd("curl")
+        .args(["-sS", "--max-time", &max_secs.to_string()])
+        .args(match method {
+            "HEAD" => vec!["-I"], // what curl does with a HEAD's empty body
+            _ => vec!["-X", method],
+        })
+        .args([
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:9002{path}"),
+        ])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (out.status.success() && code != 0).then(|| (code, body.to_string()))
+}
+
+/// The pid of the tailscaled tsinit (the PID 1 of `r`) runs.
+fn tailscaled_of(r: &Running) -> i32 {
+    let pid1 = r.pid1_pid();
+    common::children_of(pid1)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "tailscaled\n")
+        })
+        .expect("tsinit runs tailscaled")
+}
+
+/// The official image's /healthz and /metrics, served by tsinit: 503 before the node is
+/// up, 200 "ok" once it runs, 503 again while tailscaled is gone and 200 after tsinit
+/// restarted it; /metrics carries the real tailscaled's user metrics and tsinit's own.
+/// A client that connects and sends nothing, and a tailscaled that stops answering,
+/// delay no other answer: PID 1 never waits for either.
+#[test]
+fn the_health_and_metrics_endpoint_follows_the_node() {
+    let net = Tailnet::new("endpoint");
+    // No key: the node waits for an interactive login, not Running.
+    let mut cmd = net.tsinit(&["--", "true"]);
+    cmd.envs(ENDPOINT)
+        .env("TSINIT_NETWORKING", "userspace")
+        .env("TSINIT_TAILSCALE_UP_TIMEOUT", "60s");
+    let mut waiting = Running::start(cmd);
+    waiting.wait_output(true, Duration::from_secs(30), |e| e.contains("/register/"));
+    let (code, body) = http(&net.ns, "GET", "/healthz", 5).expect("an answer before login");
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "node currently has no tailscale IPs\n")
+    );
+    let (code, metrics) = http(&net.ns, "GET", "/metrics", 5).expect("metrics before login");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("\ntsinit_node_healthy 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("\ntsinit_tailscaled_metrics_up 1\n"),
+        "{metrics}"
+    );
+    Running::kill(waiting.pid1_pid(), libc::SIGTERM);
+    assert_eq!(waiting.code(), 143, "{}", waiting.stderr());
+
+    let go = net.dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let mut cmd = net.tsinit(&["--", "sh", "-c", &script]);
+    cmd.envs(ENDPOINT)
+        .env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    r.wait_output(true, Duration::from_secs(30), |e| {
+        e.contains("tailscale is up as")
+    });
+    // A client that connects and never sends its request.
+    let mut silent = net.ns.cmd("bash");
+    silent.args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9002; sleep 60"]);
+    let silent = Running::start(silent);
+    let (code, body) = http(&net.ns, "GET", "/healthz", 5).expect("an answer once Running");
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!(http(&net.ns, "HEAD", "/healthz", 5).map(|a| a.0), Some(200));
+    assert_eq!(http(&net.ns, "POST", "/healthz", 5).map(|a| a.0), Some(405));
+    assert_eq!(http(&net.ns, "GET", "/other", 5).map(|a| a.0), Some(404));
+    let (code, metrics) = http(&net.ns, "GET", "/metrics", 5).expect("metrics once Running");
+    assert_eq!(code, 200);
+    // tailscaled's own user metrics (Prometheus text), then tsinit's.
+    assert!(metrics.contains("# TYPE tailscaled_"), "{metrics}");
+    for line in [
+        "\ntsinit_tailscaled_metrics_up 1\n",
+        "\ntsinit_node_healthy 1\n",
+        "\ntsinit_tailscaled_restarts_total 0\n",
+        "\n# TYPE tsinit_bringup_seconds gauge\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing:\n{metrics}");
+    }
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "not `name value`: {line:?}");
+    }
+
+    // tailscaled stops answering: /metrics waits for it, /healthz does not.
+    let daemon = tailscaled_of(&r);
+    Running::kill(daemon, libc::SIGSTOP);
+    let mut slow = net.ns.cmd("curl");
+    slow.args(["-sS", "--max-time", "20", "http://127.0.0.1:9002/metrics"]);
+    let slow = Running::start(slow);
+    // Both clients' connections accepted and read (the silent one has nothing to read):
+    // the metrics request is in tsinit's hands.
+    wait_until(
+        Duration::from_secs(5),
+        "tsinit to read the /metrics request",
+        || {
+            let out = net
+                .ns
+                .cmd("ss")
+                .args(["-Htn", "state", "established", "( sport = :9002 )"])
+                .output()
+                .expect("run ss");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let read = text
+                .lines()
+                .filter(|l| l.split_whitespace().next() == Some("0"));
+            read.count() == 2
+        },
+    );
+    let asked = Instant::now();
+    assert_eq!(http(&net.ns, "GET", "/healthz", 5).map(|a| a.0), Some(200));
+    eprintln!(
+        "/healthz with /metrics pending on a stopped tailscaled: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(slow.stdout(), "", "no metrics while tailscaled is stopped");
+    Running::kill(daemon, libc::SIGCONT);
+    slow.wait_output(false, Duration::from_secs(15), |o| {
+        o.contains("tsinit_tailscaled_metrics_up 1")
+    });
+
+    // tailscaled dies: unhealthy until tsinit has it running again.
+    Running::kill(daemon, libc::SIGKILL);
+    wait_until(Duration::from_secs(10), "/healthz to say 503", || {
+        http(&net.ns, "GET", "/healthz", 5).is_some_and(|a| a.0 == 503)
+    });
+    wait_until(Duration::from_secs(30), "/healthz to say 200 again", || {
+        http(&net.ns, "GET", "/healthz", 5).is_some_and(|a| a.0 == 200)
+    });
+    let (_, metrics) = http(&net.ns, "GET", "/metrics", 5).expect("metrics after restart");
+    assert!(
+        metrics.contains("\ntsinit_tailscaled_restarts_total 1\n"),
+        "{metrics}"
+    );
+    drop(silent);
+
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+}
+
+/// An endpoint that cannot listen stops tsinit before the workload, saying why and what
+/// to change; so does one asked for with no tailscale to report on.
+#[test]
+fn an_endpoint_that_cannot_be_served_is_one_clear_error_before_the_workload() {
+    let net = Tailnet::new("endpoint-bad");
+    let ran = net.dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    let mut cmd = net.tsinit(&["--", "sh", "-c", &touch]);
+    cmd.env("TS_ENABLE_HEALTH_CHECK", "true")
+        .env("TS_LOCAL_ADDR_PORT", "192.0.2.1:9002")
+        .env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 78, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("cannot listen on 192.0.2.1:9002"), "{err}");
+    assert!(err.contains("TS_LOCAL_ADDR_PORT"), "{err}");
+    assert_eq!(err.matches("tsinit: ").count(), 1, "one error: {err}");
+
+    let mut cmd = net.tsinit(&["--", "sh", "-c", &touch]);
+    cmd.env("TS_ENABLE_METRICS", "true")
+        .env("TSINIT_TAILSCALE_ENABLED", "false");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("turn health and metrics off"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!ran.exists(), "the workload never ran");
+}

@@ -135,8 +135,8 @@ pub enum Plan {
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut b: Vec<&str> = b.iter().map(String::as_str).collect();
     a.sort_unstable();
     b.sort_unstable();
     a == b

@@ -81,6 +81,7 @@ pub struct Config {
     pub serve_config: Option<PathBuf>,
     pub tailscale: Tailscale,
     pub hosts: Hosts,
+    pub http: Http,
     /// Where the file part came from, for the debug log.
     pub source: String,
     /// The keys set explicitly (by the file or the environment), not by default.
@@ -95,6 +96,22 @@ pub struct Hosts {
     pub ipv6: bool,
     pub short_names: bool,
     pub online_only: bool,
+}
+
+/// The `[http]` section: the health and metrics endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http {
+    /// `None`: no endpoint, whatever `health` and `metrics` say.
+    pub listen: Option<std::net::SocketAddr>,
+    pub health: bool,
+    pub metrics: bool,
+}
+
+impl Http {
+    /// Where to serve, if anything is to be served.
+    pub fn serving(&self) -> Option<std::net::SocketAddr> {
+        self.listen.filter(|_| self.health || self.metrics)
+    }
 }
 
 /// The `[tailscale]` section.
@@ -178,6 +195,14 @@ impl Default for Config {
                 ipv6: true,
                 short_names: true,
                 online_only: false,
+            },
+            http: Http {
+                listen: Some(std::net::SocketAddr::from((
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    9002,
+                ))),
+                health: false,
+                metrics: false,
             },
             source: "built-in defaults".to_string(),
             given: Vec::new(),
@@ -268,10 +293,15 @@ pub fn read_small_file(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
 }
 
+/// containerboot's deprecated address for /healthz alone (not in the settings table: it
+/// sets two settings).
+const HEALTH_ADDRESS: &str = "TS_HEALTHCHECK_ADDR_PORT";
+
 /// Whether tsinit reads the environment variable `name` (so a value it cannot use is
 /// an error, not silently nothing).
 fn read_by_tsinit(name: &str) -> bool {
     name.starts_with("TSINIT_")
+        || name == HEALTH_ADDRESS
         || CONTAINERBOOT_ENV.iter().any(|(n, _)| *n == name)
         || crate::bringup::identity::KEY_VARS
             .iter()
@@ -363,10 +393,6 @@ const UNSUPPORTED: &[(&str, bool, &str)] = &[
     ("TS_CLIENT_SECRET", false, CREDENTIALS),
     ("TS_ID_TOKEN", false, CREDENTIALS),
     ("TS_AUDIENCE", false, CREDENTIALS),
-    ("TS_ENABLE_HEALTH_CHECK", true, HEALTH),
-    ("TS_ENABLE_METRICS", true, HEALTH),
-    ("TS_LOCAL_ADDR_PORT", false, HEALTH),
-    ("TS_HEALTHCHECK_ADDR_PORT", false, HEALTH),
     (
         "TS_DEBUG_ADDR_PORT",
         false,
@@ -403,8 +429,6 @@ const UNSUPPORTED: &[(&str, bool, &str)] = &[
 const CREDENTIALS: &str = "not read from the environment yet: give --client-id=…, \
     --client-secret=…, --id-token=… or --audience=… in TS_EXTRA_ARGS (the secrets among \
     them reach the CLI through a memory file, never its arguments)";
-const HEALTH: &str = "the official image's health and metrics endpoint is not built yet: \
-    use `tsinit status` as the health check (exit 0 once the node is Running)";
 const PROXY: &str = "the official image's proxy modes are not supported: tsinit runs a \
     workload beside tailscale, not a proxy";
 
@@ -486,11 +510,51 @@ pub fn from_text(
             message,
         }
     })?;
+    deprecated_health_address(&mut config, env)?;
     crate::serve::check(&config.serve).map_err(|message| ConfigError {
         origin: origin.to_string(),
         message: format!("[[serve]]: {message}"),
     })?;
     Ok(config)
+}
+
+/// The official image's deprecated TS_HEALTHCHECK_ADDR_PORT: /healthz on that address.
+/// As there, it cannot be combined with TS_ENABLE_HEALTH_CHECK; and as tsinit has one
+/// endpoint, not with metrics on another address either.
+fn deprecated_health_address(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let Some(value) = env(HEALTH_ADDRESS).filter(|v| !v.trim().is_empty()) else {
+        return Ok(());
+    };
+    let fail = |message: &str| ConfigError {
+        origin: format!("{HEALTH_ADDRESS}={value:?}"),
+        message: message.to_string(),
+    };
+    let address = settings::listen_value(&Raw::Str(value.clone())).map_err(|m| fail(&m))?;
+    let on = |name: &str| env(name).and_then(|v| upflags::go_bool(v.trim())) == Some(true);
+    if on("TS_ENABLE_HEALTH_CHECK") {
+        return Err(fail(
+            "TS_HEALTHCHECK_ADDR_PORT is deprecated and cannot be combined with \
+             TS_ENABLE_HEALTH_CHECK: remove it, and give the address in TS_LOCAL_ADDR_PORT",
+        ));
+    }
+    let local = env("TS_LOCAL_ADDR_PORT").or_else(|| env(&env_name("http.listen")));
+    if config.http.metrics && local.is_some_and(|l| l.trim() != value.trim()) {
+        return Err(fail(
+            "tsinit serves /healthz and /metrics on one address: instead of \
+             TS_HEALTHCHECK_ADDR_PORT, set TS_ENABLE_HEALTH_CHECK=true and give the address in \
+             TS_LOCAL_ADDR_PORT",
+        ));
+    }
+    log::warn!(
+        "{HEALTH_ADDRESS} is deprecated: serving /healthz on {value} as asked; set \
+         TS_ENABLE_HEALTH_CHECK=true and TS_LOCAL_ADDR_PORT={value} instead"
+    );
+    config.http.listen = address;
+    config.http.health = true;
+    Ok(())
 }
 
 fn choose_file(cli_path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {

@@ -209,7 +209,7 @@ pub(super) fn apply_file(config: &mut Config, text: &str, origin: &str) -> Resul
     let Raw::Table(fields) = root.raw else {
         return Ok(());
     };
-    const SECTIONS: [&str; 3] = ["serve", "tailscale", "hosts"];
+    const SECTIONS: [&str; 4] = ["serve", "tailscale", "hosts", "http"];
     let in_section = |section: &str| -> Vec<&str> {
         KEYS.iter()
             .filter_map(|k| match k.split_once('.') {
@@ -256,7 +256,7 @@ pub(super) fn apply_file(config: &mut Config, text: &str, origin: &str) -> Resul
                 }
                 config.serve = out;
             }
-            "tailscale" | "hosts" => {
+            "tailscale" | "hosts" | "http" => {
                 let Raw::Table(inner) = &value.raw else {
                     return Err(located(
                         value.at.clone(),

@@ -170,6 +170,12 @@ pub(crate) const SETTINGS: &[Setting] = &[
     setting!("hosts.ipv6", [], |c, raw| c.hosts.ipv6 = bool_value(raw)?),
     setting!("hosts.short_names", [], |c, raw| c.hosts.short_names = bool_value(raw)?),
     setting!("hosts.online_only", [], |c, raw| c.hosts.online_only = bool_value(raw)?),
+    setting!("http.listen", [ts("TS_LOCAL_ADDR_PORT")], |c, raw| c.http.listen =
+        listen_value(raw)?),
+    setting!("http.health", [ts_bool("TS_ENABLE_HEALTH_CHECK", go_bool_word)], |c, raw|
+        c.http.health = bool_value(raw)?),
+    setting!("http.metrics", [ts_bool("TS_ENABLE_METRICS", go_bool_word)], |c, raw|
+        c.http.metrics = bool_value(raw)?),
 ];
 
 /// Settings that no longer exist, with what to do instead: an error naming the
@@ -324,6 +330,19 @@ fn duration_value(raw: &Raw, allow_off: bool) -> Result<Option<Duration>, String
     duration::parse(s)
         .map(Some)
         .map_err(|msg| format!("{msg}{off}"))
+}
+
+/// An address and port to listen on, e.g. "[::]:9002" or "127.0.0.1:9002"; "" is `None`.
+pub(super) fn listen_value(raw: &Raw) -> Result<Option<std::net::SocketAddr>, String> {
+    match raw.str("an address and port")?.trim() {
+        "" => Ok(None),
+        s => s.parse().map(Some).map_err(|_| {
+            format!(
+                "`{s}` is not an address and port: give an IP address and a port, e.g. \
+                 \"[::]:9002\" (every address) or \"127.0.0.1:9002\" (host names are not allowed)"
+            )
+        }),
+    }
 }
 
 /// A path; "" is `None`.

@@ -94,7 +94,7 @@ fn bad_input_gives_one_precise_error() {
             &[],
             "FILE:1:1: unknown field `grace`, expected one of `signal_target`, \
              `grace_period`, `escalate_after`, `networking`, `on_failure`, `ssh`, \
-             `serve_config`, `serve`, `tailscale`, `hosts`",
+             `serve_config`, `serve`, `tailscale`, `hosts`, `http`",
         ),
         (
             "# comment\ngrace_period = 5\n",
@@ -429,8 +429,6 @@ fn the_environment_is_checked_before_it_is_read() {
     assert_eq!(err.origin, "TS_CLIENT_SECRET");
     assert!(err.message.contains("--client-secret=") && !err.to_string().contains("tskey"));
     for (name, value) in [
-        ("TS_ENABLE_HEALTH_CHECK", "true"),
-        ("TS_ENABLE_METRICS", "1"),
         ("TS_KUBE_SECRET", "tailscale"),
         ("TS_DEST_IP", "10.0.0.1"),
         ("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", "/etc/ts"),
@@ -438,12 +436,7 @@ fn the_environment_is_checked_before_it_is_read() {
         let err = check_environment(vars(vec![(name, value.into())])).unwrap_err();
         assert_eq!(err.origin, name);
     }
-    for (name, value) in [
-        ("TS_ENABLE_HEALTH_CHECK", "false"),
-        ("TS_ENABLE_METRICS", ""),
-        ("TS_KUBE_SECRET", ""),
-        ("TS_AUTH_ONCE", "true"),
-    ] {
+    for (name, value) in [("TS_KUBE_SECRET", ""), ("TS_AUTH_ONCE", "true")] {
         assert_eq!(
             check_environment(vars(vec![(name, value.into())])),
             Ok(()),
@@ -539,6 +532,9 @@ const SAMPLES: &[(&str, &str)] = &[
     ("hosts.ipv6", "false"),
     ("hosts.short_names", "false"),
     ("hosts.online_only", "true"),
+    ("http.listen", "127.0.0.1:9100"),
+    ("http.health", "true"),
+    ("http.metrics", "true"),
 ];
 
 /// The one field (as `section.field`) in which `after` differs from `before`, read off
@@ -569,6 +565,7 @@ fn changed_field(before: &Config, after: &Config) -> Result<String, String> {
     let section = [
         ("tailscale", "tailscale: Tailscale { "),
         ("hosts", "hosts: Hosts { "),
+        ("http", "http: Http { "),
     ]
     .iter()
     .filter_map(|(name, opening)| prefix.rfind(opening).map(|i| (i, *name)))
@@ -590,7 +587,9 @@ fn the_settings_table_is_consistent() {
         assert!(keys.insert(key), "{key} is in the table twice");
         let ok_section = match key.split_once('.') {
             Some((section, leaf)) => {
-                ["tailscale", "hosts"].contains(&section) && !leaf.is_empty() && !leaf.contains('.')
+                ["tailscale", "hosts", "http"].contains(&section)
+                    && !leaf.is_empty()
+                    && !leaf.contains('.')
             }
             None => !key.is_empty() && key != "serve",
         };
@@ -814,4 +813,66 @@ fn set_only_flags_go_in_extra_set_args() {
         let err = load_text("", &[(var, value)]).unwrap_err();
         assert_eq!(err.message, *want, "{var}={value}");
     }
+}
+
+#[test]
+fn the_endpoint_reads_containerboots_variables_with_their_meaning() {
+    let http = |env: &[(&str, &str)]| load_text("", env).map(|c| c.http);
+    let any: std::net::SocketAddr = "[::]:9002".parse().unwrap();
+    let local: std::net::SocketAddr = "127.0.0.1:9100".parse().unwrap();
+    let serving = |env: &[(&str, &str)]| http(env).unwrap().serving();
+    // Off by default; either switch turns it on at containerboot's default address.
+    assert_eq!(serving(&[]), None);
+    assert_eq!(serving(&[("TS_ENABLE_HEALTH_CHECK", "True")]), Some(any));
+    assert_eq!(serving(&[("TS_ENABLE_METRICS", "1")]), Some(any));
+    let h = http(&[("TS_ENABLE_METRICS", "t")]).unwrap();
+    assert!(h.metrics && !h.health);
+    // An empty switch is the default (off), as there; an empty address serves nothing.
+    assert_eq!(serving(&[("TS_ENABLE_HEALTH_CHECK", "")]), None);
+    let off = [
+        ("TS_ENABLE_HEALTH_CHECK", "true"),
+        ("TS_LOCAL_ADDR_PORT", ""),
+    ];
+    assert_eq!(serving(&off), None);
+    let on = [
+        ("TS_ENABLE_HEALTH_CHECK", "1"),
+        ("TS_LOCAL_ADDR_PORT", "127.0.0.1:9100"),
+    ];
+    assert_eq!(serving(&on), Some(local));
+    // Host names and bare ports are refused with the fix, as netip.ParseAddrPort does.
+    for bad in ["localhost:9002", ":9002", "9002", "[::]"] {
+        let err = http(&[("TS_LOCAL_ADDR_PORT", bad)]).unwrap_err();
+        assert_eq!(err.origin, format!("TS_LOCAL_ADDR_PORT={bad:?}"));
+        assert!(err.message.contains("e.g. \"[::]:9002\""), "{err}");
+    }
+    let err = http(&[("TS_ENABLE_METRICS", "yes please")]).unwrap_err();
+    assert!(err.message.contains("not a boolean"), "{err}");
+    // The deprecated TS_HEALTHCHECK_ADDR_PORT: /healthz on that address.
+    let h = http(&[("TS_HEALTHCHECK_ADDR_PORT", "127.0.0.1:9100")]).unwrap();
+    assert_eq!(
+        (h.serving(), h.health, h.metrics),
+        (Some(local), true, false)
+    );
+    let both = [
+        ("TS_HEALTHCHECK_ADDR_PORT", "127.0.0.1:9100"),
+        ("TS_ENABLE_HEALTH_CHECK", "true"),
+    ];
+    assert!(
+        http(&both)
+            .unwrap_err()
+            .message
+            .contains("cannot be combined")
+    );
+    let two = [
+        ("TS_HEALTHCHECK_ADDR_PORT", "127.0.0.1:9100"),
+        ("TS_ENABLE_METRICS", "true"),
+        ("TS_LOCAL_ADDR_PORT", "127.0.0.1:9101"),
+    ];
+    assert!(http(&two).unwrap_err().message.contains("one address"));
+    // tsinit's own variables win over containerboot's.
+    let ours = [
+        ("TS_LOCAL_ADDR_PORT", "[::]:1"),
+        ("TSINIT_HTTP_LISTEN", "127.0.0.1:9100"),
+    ];
+    assert_eq!(http(&ours).unwrap().listen, Some(local));
 }

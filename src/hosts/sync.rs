@@ -16,6 +16,8 @@ pub struct HostsSync {
     /// Set at shutdown: the block stays empty from then on.
     stopped: bool,
     warned: bool,
+    /// Writes that changed the file.
+    pub writes: u64,
 }
 
 impl HostsSync {
@@ -29,6 +31,7 @@ impl HostsSync {
             },
             stopped: false,
             warned: false,
+            writes: 0,
         }
     }
 
@@ -49,11 +52,14 @@ impl HostsSync {
         }
         match self.file.write_entries(list, std::time::SystemTime::now()) {
             Ok(Written::Unchanged) => {}
-            Ok(_) => debug!(
-                "hosts: {} now lists {} entries",
-                self.file.path().display(),
-                list.len()
-            ),
+            Ok(_) => {
+                self.writes += 1;
+                debug!(
+                    "hosts: {} now lists {} entries",
+                    self.file.path().display(),
+                    list.len()
+                )
+            }
             Err(e) if !self.warned => {
                 self.warned = true;
                 warn!(

@@ -66,6 +66,10 @@ pub trait Service {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
         Vec::new()
     }
+    /// Descriptors whose writability needs its attention.
+    fn write_fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
+    }
     /// Looks after the service: notices its exit, restarts it when due.
     fn tend(&mut self, init: &mut Init);
     /// Its processes, left alone by the leftover sweep.
@@ -81,6 +85,9 @@ impl<S: Service> Service for Option<S> {
     }
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.as_ref().map(|s| s.fds()).unwrap_or_default()
+    }
+    fn write_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.as_ref().map(|s| s.write_fds()).unwrap_or_default()
     }
     fn tend(&mut self, init: &mut Init) {
         if let Some(s) = self {
@@ -240,9 +247,20 @@ impl Init {
     /// request before it runs), an exited child (reaped), one of `fds` becoming readable,
     /// or `deadline`. Never fails: problems are logged.
     pub fn pump(&mut self, deadline: Option<Instant>, fds: &[BorrowedFd]) -> Woke {
+        self.pump_rw(deadline, fds, &[])
+    }
+
+    /// [`Init::pump`], also woken when one of `writable` becomes writable (counted after
+    /// `fds`).
+    pub fn pump_rw(
+        &mut self,
+        deadline: Option<Instant>,
+        fds: &[BorrowedFd],
+        writable: &[BorrowedFd],
+    ) -> Woke {
         let woke = match self
             .signals
-            .wait_with(earliest(deadline, self.escalate_at), fds)
+            .wait_with(earliest(deadline, self.escalate_at), fds, writable)
         {
             Ok(Wake::Signals(list)) => {
                 for info in list {
@@ -295,7 +313,7 @@ impl Init {
                 return exit;
             }
             let deadline = services.deadline();
-            self.pump(deadline, &services.fds());
+            self.pump_rw(deadline, &services.fds(), &services.write_fds());
         }
     }
 

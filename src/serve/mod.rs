@@ -296,13 +296,22 @@ pub fn describe(config: &Value) -> Vec<String> {
         .get("Web")
         .and_then(Value::as_object)
         .unwrap_or(&empty);
-    let mut ports: Vec<(u16, &Value)> = tcp
-        .iter()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+    // In port order (the keys are text). Sorted as i32, like other small lists here: each
+    // element type sorted costs the binary its own copy of the sort.
+    let mut ports: Vec<i32> = tcp
+        .keys()
+        .filter_map(|k| k.parse::<u16>().ok().map(i32::from))
         .collect();
-    ports.sort_unstable_by_key(|(p, _)| *p);
+    ports.sort_unstable();
+    ports.dedup();
     let mut out = Vec::new();
-    for (port, h) in ports {
+    for port in ports {
+        let Some(h) = tcp
+            .iter()
+            .find_map(|(k, v)| (k.parse() == Ok(port)).then_some(v))
+        else {
+            continue;
+        };
         let s = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or_default();
         let flag = |k: &str| h.get(k).and_then(Value::as_bool).unwrap_or(false);
         if !s("TCPForward").is_empty() {
@@ -322,7 +331,7 @@ pub fn describe(config: &Value) -> Vec<String> {
             continue;
         };
         let suffix = format!(":{port}");
-        let mut handlers: Vec<(String, String)> = web
+        let handlers: Vec<String> = web
             .iter()
             .filter(|(hp, _)| hp.ends_with(&suffix))
             .filter_map(|(_, w)| w.get("Handlers")?.as_object().cloned())
@@ -336,19 +345,16 @@ pub fn describe(config: &Value) -> Vec<String> {
                             .map(|v| format!("{k} {v}"))
                     })
                     .unwrap_or_else(|| "?".to_string());
-                (
-                    path,
-                    to.strip_prefix("Proxy ").map(str::to_string).unwrap_or(to),
-                )
+                let to = to.strip_prefix("Proxy ").unwrap_or(&to);
+                format!("{proto} {port} {path} -> {to}")
             })
             .collect();
-        handlers.sort_unstable();
         if handlers.is_empty() {
             out.push(format!("{proto} {port} (no handler)"));
         }
-        for (path, to) in handlers {
-            out.push(format!("{proto} {port} {path} -> {to}"));
-        }
+        let mut sorted: Vec<&str> = handlers.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        out.extend(sorted.into_iter().map(str::to_string));
     }
     out
 }

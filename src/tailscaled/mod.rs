@@ -23,6 +23,7 @@ pub use prepare::{Prepared, prepare, run_preflight, system_hostname};
 use crate::bringup::{Failure, Step};
 use crate::config::{self, Config};
 use crate::duration;
+use crate::endpoint::{Endpoint, Report, Stats};
 use crate::error::Error;
 use crate::hosts::sync::HostsSync;
 use crate::init::{Init, Service, describe};
@@ -107,6 +108,11 @@ pub struct Tailscaled {
     hosts_next: Option<Instant>,
     /// How often the bus was followed again in this tailscaled's lifetime.
     bus_restarts: u32,
+    /// The health and metrics endpoint, if on.
+    endpoint: Option<Endpoint>,
+    stats: Stats,
+    /// When the bring-up under way began.
+    bringup_from: Option<Instant>,
 }
 
 impl Tailscaled {
@@ -138,6 +144,17 @@ impl Tailscaled {
             hosts_due: false,
             hosts_next: None,
             bus_restarts: 0,
+            endpoint: Endpoint::listen(&config.http).map_err(|message| {
+                Error::Config(config::ConfigError {
+                    origin: "http.listen".to_string(),
+                    message: format!(
+                        "{message}: give a free address and port in TS_LOCAL_ADDR_PORT \
+                         (or TSINIT_HTTP_LISTEN)"
+                    ),
+                })
+            })?,
+            stats: Stats::default(),
+            bringup_from: None,
         })
     }
 
@@ -191,8 +208,12 @@ impl Tailscaled {
                 )));
             }
             self.take_events();
+            self.serve_http();
             match self.advance(init) {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(())) => {
+                    self.brought_up();
+                    return Ok(());
+                }
                 Some(Err(failure)) if failure.lost() => {
                     // The connection failed: if tailscaled is exiting, its exit (and
                     // last lines) is the better answer.
@@ -212,7 +233,7 @@ impl Tailscaled {
                 Some(Err(failure)) => return Err(BringupError::Failed(self.failed(failure))),
                 None => {}
             }
-            init.pump(self.deadline(), &self.fds());
+            init.pump_rw(self.deadline(), &self.fds(), &self.write_fds());
         }
     }
 
@@ -272,7 +293,9 @@ impl Tailscaled {
                 &self.p.mode_note,
             )?;
             self.daemon = Some(d);
+            self.stats.tailscaled_starts += 1;
         }
+        self.bringup_from = Some(Instant::now());
         self.step = Step::Ready(Box::new(ready::Wait::new(
             &self.inotify,
             &self.cfg.socket,
@@ -340,6 +363,35 @@ impl Tailscaled {
         warn!("retrying tailscale in {}", duration::format(backoff));
     }
 
+    /// Answers the health and metrics endpoint's requests that are ready.
+    fn serve_http(&mut self) {
+        let Some(endpoint) = &mut self.endpoint else {
+            return;
+        };
+        if let Some(h) = &self.hosts {
+            self.stats.hosts_writes = h.writes;
+        }
+        let report = Report {
+            healthy: self.view.state == Some(BackendState::Running)
+                && self
+                    .view
+                    .netmap
+                    .as_ref()
+                    .and_then(|n| n.self_node.as_ref())
+                    .is_some_and(|n| !n.addresses.is_empty()),
+            socket: &self.cfg.socket,
+            stats: &self.stats,
+        };
+        endpoint.tend(&report);
+    }
+
+    /// A bring-up finished: how long it took.
+    fn brought_up(&mut self) {
+        if let Some(from) = self.bringup_from.take() {
+            self.stats.bringup = Some(from.elapsed());
+        }
+    }
+
     /// Starts serve again if it is due and nothing else is under way.
     fn reapply_serve_if_due(&mut self) {
         if !self.serve_due
@@ -361,7 +413,8 @@ impl Tailscaled {
 impl Service for Tailscaled {
     fn deadline(&self) -> Option<Instant> {
         let hosts = self.hosts_next.filter(|_| self.hosts_due);
-        [self.retry_at, self.step.deadline(), hosts]
+        let http = self.endpoint.as_ref().and_then(Endpoint::deadline);
+        [self.retry_at, self.step.deadline(), hosts, http]
             .into_iter()
             .flatten()
             .min()
@@ -371,6 +424,17 @@ impl Service for Tailscaled {
         let mut fds = vec![self.inotify.as_fd()];
         fds.extend(self.bus.iter().map(|b| b.fd()));
         fds.extend(self.step.fds());
+        if let Some(e) = &self.endpoint {
+            e.fds(&mut fds, &mut Vec::new());
+        }
+        fds
+    }
+
+    fn write_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = Vec::new();
+        if let Some(e) = &self.endpoint {
+            e.fds(&mut Vec::new(), &mut fds);
+        }
         fds
     }
 
@@ -389,6 +453,7 @@ impl Service for Tailscaled {
         }
         self.take_events();
         self.write_hosts_if_due();
+        self.serve_http();
         if self.retry_at.is_some_and(|at| at <= Instant::now()) {
             self.retry_at = None;
             if let Err(why) = self.begin(init) {
@@ -399,7 +464,7 @@ impl Service for Tailscaled {
         if let Some(result) = self.advance(init) {
             let finishing = matches!(&result, Err(f) if f.finishing());
             match result {
-                Ok(()) => {}
+                Ok(()) => self.brought_up(),
                 // tailscaled is fine: a serve or SSH problem is only reported.
                 Err(f) if finishing => warn!("{}", self.failed(f)),
                 Err(f) => {
