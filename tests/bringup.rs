@@ -198,6 +198,7 @@ impl Setup {
             .env("TSINIT_NETWORKING", "userspace")
             .env("TSINIT_TAILSCALE_STATE_DIR", self.path("state"))
             .env("TSINIT_TAILSCALE_SOCKET", self.socket())
+            .env("TSINIT_TAILSCALE_SOCKET_LINK", "false")
             .env("TSINIT_TAILSCALE_HOSTNAME", "web")
             .env("TSINIT_TAILSCALE_UP_TIMEOUT", "5s")
             .env("TSINIT_HOSTS_PATH", self.path("hosts"))

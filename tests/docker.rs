@@ -483,6 +483,51 @@ fn auto_networking_falls_back_to_userspace_with_a_banner() {
     );
 }
 
+/// The official image's default socket, /tmp/tailscaled.sock, in tsinit's image:
+/// `docker exec ... tailscale` reaches tailscaled without --socket, because tsinit links
+/// the CLI's default path to it (tailscale/tailscale#10290).
+#[test]
+fn docker_exec_tailscale_works_with_the_socket_elsewhere() {
+    let c = Container::new();
+    c.start(
+        &[
+            "--env",
+            "TS_SOCKET=/tmp/tailscaled.sock",
+            "--env",
+            "TSINIT_NETWORKING=userspace",
+            "--env",
+            "TSINIT_ON_FAILURE=continue",
+        ],
+        &["sleep", "600"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let daemon_answers = loop {
+        let out = run(
+            docker(&["exec", &c.name, "tailscale", "version", "--daemon"]),
+            RUN_TIMEOUT,
+        );
+        if out.code == 0 {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`tailscale version --daemon` never reached tailscaled: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        daemon_answers.stdout.contains("Daemon: 1.96.4"),
+        "{daemon_answers}"
+    );
+    let link = docker_ok(&[
+        "exec",
+        &c.name,
+        "readlink",
+        "/var/run/tailscale/tailscaled.sock",
+    ]);
+    assert_eq!(link, "/tmp/tailscaled.sock");
+}
+
 // ---------------------------------------------------------------------------------------
 // Signals and reaping.
 

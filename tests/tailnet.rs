@@ -844,3 +844,65 @@ fn an_endpoint_that_cannot_be_served_is_one_clear_error_before_the_workload() {
     );
     assert!(!ran.exists(), "the workload never ran");
 }
+
+/// tsinit under `sh` in a PID and mount namespace of its own with a /run of its own (a
+/// tmpfs: the machine's /var/run is never touched): `prepare` runs first, then tsinit,
+/// logging in, with its socket elsewhere (the tests' default) and `script` as the
+/// workload; then what is left in /var/run/tailscale is printed.
+fn with_own_run(net: &Tailnet, prepare: &str, script: &str) -> Running {
+    let mut cmd = net.ns.cmd("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .args(["sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs tmpfs /var/run && {prepare} \"$TSINIT\" -- sh -c \"$SCRIPT\"; \
+             echo \"exit $?; left: $(ls -A /var/run/tailscale)\""
+        ));
+    common::tailscale_env(&mut cmd, net.dir.path());
+    common::login_env(&mut cmd, net.control.url());
+    cmd.env("SCRIPT", script)
+        .env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace")
+        .env("TSINIT_TAILSCALE_SOCKET_LINK", "true");
+    Running::start(cmd)
+}
+
+/// The official image keeps the CLI working with TS_SOCKET elsewhere by linking the
+/// CLI's default socket path to it; so does tsinit, while it runs and where that path is
+/// free: `tailscale ip` answers without --socket, and the link goes when tsinit does. A
+/// path that is taken is left as it is, and the log says what the CLI needs.
+#[test]
+fn a_socket_elsewhere_is_linked_at_the_clis_default_path() {
+    let net = Tailnet::new("socket-link");
+    let socket = net.dir.path().join("run/tailscaled.sock");
+    let script = "readlink /var/run/tailscale/tailscaled.sock && tailscale ip -4";
+    let mut r = with_own_run(&net, "", script);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    assert!(
+        out.starts_with(&format!("{}\n100.64.", socket.display())),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("exit 0; left: \n"),
+        "the link is gone at exit: {out}"
+    );
+
+    let taken = "mkdir -p /var/run/tailscale && echo mine > /var/run/tailscale/tailscaled.sock &&";
+    let script = "cat /var/run/tailscale/tailscaled.sock; tailscale ip -4 || echo no-cli";
+    let mut r = with_own_run(&net, taken, script);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let out = r.stdout();
+    assert!(
+        out.starts_with("mine\n") && out.contains("no-cli\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("exit 0; left: tailscaled.sock\n"), "{out}");
+    let err = r.stderr();
+    assert!(
+        err.contains(&format!(
+            "is taken: the tailscale CLI needs --socket={}",
+            socket.display()
+        )),
+        "{err}"
+    );
+}

@@ -21,6 +21,9 @@ pub(crate) use settings::{CONTAINERBOOT_ENV, KEYS};
 pub use settings::{check_hostname, check_routes, check_tag};
 pub use upflags::{SetFlags, UpFlags};
 
+/// Where the tailscale CLI looks for tailscaled's socket unless told otherwise.
+pub const CLI_SOCKET: &str = "/var/run/tailscale/tailscaled.sock";
+
 /// The configuration file read when neither --config nor TSINIT_CONFIG names one.
 pub const DEFAULT_PATH: &str = "/etc/tsinit/tsinit.toml";
 
@@ -123,6 +126,8 @@ pub struct Tailscale {
     pub tailscale: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// Link the CLI's default socket path to `socket` when it is another one.
+    pub socket_link: bool,
     pub boot_timeout: Duration,
     pub hostname: Option<String>,
     pub auth_key_file: Option<PathBuf>,
@@ -167,7 +172,8 @@ impl Default for Config {
                 tailscaled: None,
                 tailscale: None,
                 state_dir: PathBuf::from("/var/lib/tailscale"),
-                socket: PathBuf::from("/var/run/tailscale/tailscaled.sock"),
+                socket: PathBuf::from(CLI_SOCKET),
+                socket_link: true,
                 boot_timeout: Duration::from_secs(60),
                 hostname: None,
                 auth_key_file: None,

@@ -123,6 +123,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
         required_path(raw)?),
     setting!("tailscale.socket", [ts("TS_SOCKET")], |c, raw| c.tailscale.socket =
         required_path(raw)?),
+    setting!("tailscale.socket_link", [], |c, raw| c.tailscale.socket_link = bool_value(raw)?),
     setting!("tailscale.boot_timeout", [ts("TS_BOOT_TIMEOUT")], |c, raw|
         c.tailscale.boot_timeout = timeout_value(raw)?),
     setting!("tailscale.hostname", [ts("TS_HOSTNAME")], |c, raw| {

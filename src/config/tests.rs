@@ -509,6 +509,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("tailscale.tailscale", "/usr/bin/tailscale"),
     ("tailscale.state_dir", "/data/ts"),
     ("tailscale.socket", "/run/ts.sock"),
+    ("tailscale.socket_link", "false"),
     ("tailscale.boot_timeout", "2m"),
     ("tailscale.hostname", "web-1"),
     ("tailscale.auth_key_file", "/run/secrets/ts"),

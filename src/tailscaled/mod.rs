@@ -113,6 +113,8 @@ pub struct Tailscaled {
     stats: Stats,
     /// When the bring-up under way began.
     bringup_from: Option<Instant>,
+    /// The symlink at the CLI's default socket path, made by [`prepare::link_socket`].
+    socket_link: Option<std::path::PathBuf>,
 }
 
 impl Tailscaled {
@@ -155,6 +157,7 @@ impl Tailscaled {
             })?,
             stats: Stats::default(),
             bringup_from: None,
+            socket_link: None,
         })
     }
 
@@ -294,6 +297,9 @@ impl Tailscaled {
             )?;
             self.daemon = Some(d);
             self.stats.tailscaled_starts += 1;
+            if self.cfg.socket_link && self.socket_link.is_none() {
+                self.socket_link = prepare::link_socket(&self.cfg.socket);
+            }
         }
         self.bringup_from = Some(Instant::now());
         self.step = Step::Ready(Box::new(ready::Wait::new(
@@ -516,6 +522,12 @@ impl Service for Tailscaled {
         }
         if let Some(h) = &mut self.hosts {
             h.clear();
+        }
+        // The link goes with tsinit (unless something else has been put there since).
+        if let Some(link) = self.socket_link.take()
+            && std::fs::read_link(&link).is_ok_and(|to| to.ends_with(&self.cfg.socket))
+        {
+            std::fs::remove_file(&link).ok();
         }
     }
 }

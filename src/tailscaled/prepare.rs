@@ -354,8 +354,93 @@ fn ensure_forwarding(net: &Path, v4: bool, v6: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// With the socket elsewhere, makes the tailscale CLI's default socket path a symlink
+/// to it, if that path is free (or is such a link already, or one to nothing left by an
+/// earlier run), so the CLI works without `--socket`. Returns the link it stands for.
+pub fn link_socket(socket: &Path) -> Option<PathBuf> {
+    link_at(Path::new(crate::config::CLI_SOCKET), socket)
+}
+
+/// [`link_socket`] with the link at `link`.
+fn link_at(link: &Path, socket: &Path) -> Option<PathBuf> {
+    let target = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let dir = |p: &Path| p.parent().and_then(|d| std::fs::canonicalize(d).ok());
+    let same_dir = || dir(&target).is_some_and(|d| Some(d) == dir(link));
+    if target == link || (target.file_name() == link.file_name() && same_dir()) {
+        return None;
+    }
+    match std::fs::read_link(link) {
+        Ok(to) if to == target => return Some(link.to_path_buf()),
+        Ok(_) if !link.exists() => {
+            std::fs::remove_file(link).ok();
+        }
+        _ if std::fs::symlink_metadata(link).is_err() => {}
+        _ => {
+            info!(
+                "{} is taken: the tailscale CLI needs --socket={} here",
+                link.display(),
+                target.display()
+            );
+            return None;
+        }
+    }
+    let made = match link.parent() {
+        Some(d) => std::fs::create_dir_all(d),
+        None => Ok(()),
+    };
+    match made.and_then(|()| std::os::unix::fs::symlink(&target, link)) {
+        Ok(()) => {
+            debug!("{} -> {}", link.display(), target.display());
+            Some(link.to_path_buf())
+        }
+        Err(e) => {
+            warn!(
+                "cannot link {} to the socket ({}): the tailscale CLI needs --socket={} here",
+                link.display(),
+                crate::error::os_message(&e),
+                target.display()
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_socket_link_is_made_only_where_nothing_else_is() {
+        let dir = std::env::temp_dir().join(format!("tsinit-link-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        let link = dir.join("var/run/tailscale/tailscaled.sock");
+        let socket = dir.join("tmp/tailscaled.sock");
+        // Free: made, with its directory.
+        assert_eq!(link_at(&link, &socket), Some(link.clone()));
+        assert_eq!(std::fs::read_link(&link).unwrap(), socket);
+        // Already this link (a restart): kept.
+        assert_eq!(link_at(&link, &socket), Some(link.clone()));
+        // A link to nothing (an earlier run's, to another socket): replaced.
+        let other = dir.join("tmp/other.sock");
+        assert_eq!(link_at(&link, &other), Some(link.clone()));
+        assert_eq!(std::fs::read_link(&link).unwrap(), other);
+        // A link to something that exists, or a file: left alone.
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(&other, "").unwrap();
+        assert_eq!(link_at(&link, &socket), None);
+        assert_eq!(std::fs::read_link(&link).unwrap(), other);
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, "mine").unwrap();
+        assert_eq!(link_at(&link, &socket), None);
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "mine");
+        // The socket is at that path already (also through a linked directory): nothing.
+        assert_eq!(link_at(&link, &link), None);
+        std::os::unix::fs::symlink(dir.join("var/run"), dir.join("run")).unwrap();
+        assert_eq!(
+            link_at(&link, &dir.join("run/tailscale/tailscaled.sock")),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use super::*;
 
     #[test]
