@@ -133,7 +133,7 @@ fn run(args: Vec<OsString>) -> i32 {
 
     // 6. Write the hosts block, then start the workload, without the auth key and
     //    (unless configured) without CAP_NET_ADMIN/CAP_NET_RAW.
-    let mut env: Vec<(String, Option<String>)> = identity::KEY_VARS
+    let mut env: Vec<(String, Option<String>)> = identity::SECRET_VARS
         .iter()
         .map(|v| (v.to_string(), None))
         .collect();
@@ -182,7 +182,7 @@ fn fail(e: Error) -> i32 {
 /// single thread.
 fn hide_secrets() -> Vec<(String, String)> {
     let mut taken = Vec::new();
-    for var in identity::KEY_VARS {
+    for var in identity::SECRET_VARS {
         if let Ok(value) = std::env::var(var) {
             logging::add_secret(&value);
             sys::scrub_env(var);

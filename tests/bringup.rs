@@ -83,7 +83,15 @@ fn fake_tailscale_cli() {
     let args = helper_argv();
     let key = args
         .iter()
-        .find_map(|a| a.strip_prefix("--auth-key=file:"))
+        .find_map(|a| {
+            [
+                "--auth-key=file:",
+                "--client-secret=file:",
+                "--id-token=file:",
+            ]
+            .iter()
+            .find_map(|p| a.strip_prefix(p))
+        })
         .map(|file| match std::fs::read_to_string(file) {
             Ok(k) if k.trim() == scenario.expect_key => "matches".to_string(),
             Ok(_) => "differs".to_string(),
@@ -216,9 +224,11 @@ impl Setup {
                 assert_eq!(c.args.first(), Some(&socket), "{:?}", c.args);
                 let args = c.args[1..]
                     .iter()
-                    .map(|a| match a.strip_prefix("--auth-key=file:/proc/self/fd/") {
-                        Some(n) if n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() => {
-                            "--auth-key=file:/proc/self/fd/N".to_string()
+                    .map(|a| match a.split_once("=file:/proc/self/fd/") {
+                        Some((flag, n))
+                            if n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() =>
+                        {
+                            format!("{flag}=file:/proc/self/fd/N")
                         }
                         _ => a.clone(),
                     })
@@ -409,6 +419,75 @@ fn row01b_an_arn_key_is_given_to_the_cli_to_resolve() {
         says: vec!["tailscale up as web"],
         ..Row::default()
     });
+}
+
+/// The official image's credential variables: a client id with an ID token (workload
+/// identity federation) or with a client secret (OAuth) log in with `up --client-id`
+/// and the secret in a memory file (read from its `file:` by tsinit), never in an
+/// argument or the workload's environment; a client id with an audience has the CLI
+/// fetch the token itself, with no interactive login started.
+#[test]
+fn row01d_credential_variables_log_in_with_the_secret_in_a_memory_file() {
+    let dir = TempDir::new("id-token-file");
+    let token = dir.write("token", "eyJ.test-token\n");
+    let token_file = format!("file:{}", token.display());
+    let cases = [
+        (
+            "wif",
+            "TS_ID_TOKEN",
+            token_file.as_str(),
+            "--id-token=file:/proc/self/fd/N",
+        ),
+        (
+            "oauth",
+            "TS_CLIENT_SECRET",
+            "eyJ.test-token",
+            "--client-secret=file:/proc/self/fd/N",
+        ),
+        (
+            "audience",
+            "TS_AUDIENCE",
+            "api.example",
+            "--audience=api.example",
+        ),
+    ];
+    for (name, var, value, flag) in cases {
+        let mut up = UP.to_vec();
+        up.extend(["--advertise-tags=tag:ci", "--client-id=cid?ephemeral=false"]);
+        let secret = flag.contains("/proc/self/fd/");
+        if secret {
+            up.push(flag);
+        } else {
+            up.insert(up.len() - 1, flag);
+        }
+        let scenario = json!({"state": "NeedsLogin", "cli": up_reaches_running(),
+                              "expect_key": "eyJ.test-token"});
+        let s = Setup::new(name, scenario);
+        let mut cmd = s.tsinit("echo \"secret=${TS_CLIENT_SECRET:-none}${TS_ID_TOKEN:-none}\"");
+        cmd.env("TS_CLIENT_ID", "cid?ephemeral=false")
+            .env("TSINIT_TAILSCALE_ADVERTISE_TAGS", "tag:ci");
+        cmd.env(var, value);
+        let mut r = Running::start(cmd);
+        assert_eq!(r.code(), 0, "{name}: {}", r.stderr());
+        let calls = s.calls();
+        let want_key = secret.then(|| "matches".to_string());
+        assert_eq!(calls.len(), 1, "{name}: {calls:?}");
+        let mut got = calls[0].0.clone();
+        let mut want: Vec<String> = up.iter().map(|a| a.to_string()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!((got, &calls[0].1), (want, &want_key), "{name}");
+        assert!(
+            r.stdout().contains("secret=nonenone"),
+            "{name}: {}",
+            r.stdout()
+        );
+        let err = r.stderr();
+        assert!(
+            !err.contains("eyJ.test-token") && !err.contains("interactive"),
+            "{name}: {err}"
+        );
+    }
 }
 
 /// The CLI's `up` can see Running before tsinit's bus follower has the netmap: the

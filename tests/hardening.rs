@@ -28,8 +28,18 @@ fn the_key_is_scrubbed_from_tsinits_own_environment_and_extra_args() {
         echo "workload TS_EXTRA_ARGS=[$TS_EXTRA_ARGS]"
     "#;
     let extra = format!("--shields-up --authkey={KEY}");
-    for (var, value) in [("TS_AUTHKEY", KEY), ("TS_EXTRA_ARGS", extra.as_str())] {
+    // An OAuth client's secret (the official image's TS_CLIENT_SECRET) is kept the same way.
+    let client = [
+        ("TS_CLIENT_ID", "cid"),
+        ("TSINIT_TAILSCALE_ADVERTISE_TAGS", "tag:ci"),
+    ];
+    for (var, value, more) in [
+        ("TS_AUTHKEY", KEY, &[][..]),
+        ("TS_EXTRA_ARGS", extra.as_str(), &[][..]),
+        ("TS_CLIENT_SECRET", KEY, &client[..]),
+    ] {
         let mut cmd = pid1_in(&ns, dir.path(), &["-vv", "--", "sh", "-c", script]);
+        cmd.envs(more.iter().copied());
         cmd.env(var, value)
             .env("TSINIT_NETWORKING", "userspace")
             .env("TSINIT_ON_FAILURE", "continue")

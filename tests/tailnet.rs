@@ -906,3 +906,38 @@ fn a_socket_elsewhere_is_linked_at_the_clis_default_path() {
         "{err}"
     );
 }
+
+/// The real CLI takes tsinit's form of the official image's workload identity
+/// variables: `--client-id` and the ID token from a memory file reach its token exchange
+/// with the control server (which this test server does not offer: the login fails
+/// there, loudly, with the CLI's words), and the token is in no argv.
+#[test]
+fn the_real_cli_exchanges_an_id_token_from_the_credential_variables() {
+    let net = Tailnet::new("wif");
+    let token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0ZXN0In0.wif-test-token";
+    let mut cmd = net.tsinit(&["--", "true"]);
+    cmd.env("TS_CLIENT_ID", "cid-1?ephemeral=false&preauthorized=true")
+        .env("TS_ID_TOKEN", token)
+        .env("TS_EXTRA_ARGS", "--advertise-tags=tag:ci")
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    let saw_up = common::watch_argv_until_exit(&mut r, token);
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(!err.contains(token), "{err}");
+    assert!(
+        err.contains("failed to exchange JWT for access token: token exchange failed"),
+        "{err}"
+    );
+    let calls = net.cli_calls();
+    let up = calls
+        .iter()
+        .find(|c| c.contains(" up "))
+        .expect("an up call");
+    assert!(
+        up.contains("--client-id=cid-1?ephemeral=false&preauthorized=true"),
+        "{up}"
+    );
+    assert!(up.contains("--id-token=file:/proc/self/fd/"), "{up}");
+    assert!(saw_up, "`tailscale up` read its secret from a memory file");
+}

@@ -78,8 +78,79 @@ impl std::fmt::Debug for AuthKey {
     }
 }
 
-/// Environment variables that may hold an auth key; they never reach the workload.
+/// Environment variables that may hold an auth key.
 pub const KEY_VARS: [&str; 3] = ["TS_AUTHKEY", "TS_AUTH_KEY", "TAILSCALE_AUTHKEY"];
+
+/// The official image's variables for minting a key instead (an OAuth client, workload
+/// identity federation): each with its `tailscale up` flag and whether its value is a
+/// secret (handed to the CLI in a memory file, never as an argument).
+pub const CREDENTIAL_VARS: [(&str, &str, bool); 4] = [
+    ("TS_CLIENT_ID", "client-id", false),
+    ("TS_CLIENT_SECRET", "client-secret", true),
+    ("TS_ID_TOKEN", "id-token", true),
+    ("TS_AUDIENCE", "audience", false),
+];
+
+/// Every variable holding a secret: taken out of tsinit's own environment, and never
+/// passed to the workload, tailscaled or a CLI call.
+pub const SECRET_VARS: [&str; 5] = [
+    "TS_AUTHKEY",
+    "TS_AUTH_KEY",
+    "TAILSCALE_AUTHKEY",
+    "TS_CLIENT_SECRET",
+    "TS_ID_TOKEN",
+];
+
+/// The credentials in the official image's variables (`env`), checked as its
+/// entrypoint checks them: their `up` flags (client id, audience) and secrets (client
+/// secret, ID token). None of them goes with an auth key.
+pub fn credentials(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<String>, Vec<SecretArg>), String> {
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    let any = CREDENTIAL_VARS.iter().any(|(name, _, _)| set(name));
+    let rules = [
+        (
+            set("TS_ID_TOKEN") && !set("TS_CLIENT_ID"),
+            "TS_ID_TOKEN is set but TS_CLIENT_ID is not",
+        ),
+        (
+            set("TS_AUDIENCE") && !set("TS_CLIENT_ID"),
+            "TS_AUDIENCE is set but TS_CLIENT_ID is not",
+        ),
+        (
+            set("TS_ID_TOKEN") && set("TS_CLIENT_SECRET"),
+            "TS_ID_TOKEN and TS_CLIENT_SECRET cannot both be set",
+        ),
+        (
+            set("TS_ID_TOKEN") && set("TS_AUDIENCE"),
+            "TS_ID_TOKEN and TS_AUDIENCE cannot both be set",
+        ),
+        (
+            set("TS_AUDIENCE") && set("TS_CLIENT_SECRET"),
+            "TS_AUDIENCE and TS_CLIENT_SECRET cannot both be set",
+        ),
+        (
+            any && KEY_VARS.iter().any(|v| set(v)),
+            "an auth key cannot be used with TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN or \
+             TS_AUDIENCE: keep one way to log in",
+        ),
+    ];
+    if let Some((_, why)) = rules.iter().find(|(broken, _)| *broken) {
+        return Err(why.to_string());
+    }
+    let (mut args, mut secrets) = (Vec::new(), Vec::new());
+    for (name, flag, secret) in CREDENTIAL_VARS {
+        let Some(value) = env(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        match secret {
+            true => secrets.push(SecretArg { flag, value }),
+            false => args.push(format!("--{flag}={}", value.trim())),
+        }
+    }
+    Ok((args, secrets))
+}
 
 /// The Docker/Compose secret tsinit looks for last.
 pub const SECRET_FILE: &str = "/run/secrets/ts_authkey";
@@ -178,6 +249,18 @@ pub fn ephemeral_warning(key: &AuthKey) -> Option<String> {
     })
 }
 
+/// Whether a federated identity's client id mints ephemeral keys, as the CLI reads its
+/// attributes: with none, yes; with some, only if `ephemeral` says so.
+pub fn mints_ephemeral(client_id: &str) -> bool {
+    match client_id.split_once('?') {
+        None => true,
+        Some((_, attrs)) => attrs.split('&').any(|a| {
+            a.strip_prefix("ephemeral=")
+                .is_some_and(|v| crate::config::go_bool(v) == Some(true))
+        }),
+    }
+}
+
 /// An OAuth client secret works as a key only with tags: say so before trying.
 pub fn check_key(key: &AuthKey, desired: &Desired) -> Result<(), String> {
     if key.key.starts_with("tskey-client-") && desired.advertise_tags.is_empty() {
@@ -266,6 +349,19 @@ mod tests {
         assert_eq!(key.key, arn);
         assert!(is_locator(&key.key) && !is_locator("tskey-auth-x"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn federated_client_ids_mint_ephemeral_keys_unless_their_attributes_say_otherwise() {
+        for (id, ephemeral) in [
+            ("id-1", true),
+            ("id-1?ephemeral=true", true),
+            ("id-1?preauthorized=true&ephemeral=1", true),
+            ("id-1?ephemeral=false", false),
+            ("id-1?preauthorized=true", false),
+        ] {
+            assert_eq!(mints_ephemeral(id), ephemeral, "{id}");
+        }
     }
 
     #[test]

@@ -355,7 +355,9 @@ impl Tailscaled {
             Plan::Set(args) => self.run_set(args, init, flow),
             Plan::Up { args, needs_key } => {
                 let with_key = needs_key && self.holds_secret();
-                if needs_key && !with_key {
+                // A client id (with an audience) has the CLI mint a key itself.
+                let minted = args.iter().any(|a| a.starts_with("--client-id="));
+                if needs_key && !with_key && !minted {
                     warn!(
                         "tailscale is not logged in and no auth key was given \
                          (TS_AUTHKEY, tailscale.auth_key_file, /run/secrets/ts_authkey): \

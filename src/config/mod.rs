@@ -19,6 +19,7 @@ use raw::Raw;
 use settings::{AS_IS, SETTINGS};
 pub(crate) use settings::{CONTAINERBOOT_ENV, KEYS};
 pub use settings::{check_hostname, check_routes, check_tag};
+pub(crate) use upflags::go_bool;
 pub use upflags::{SetFlags, UpFlags};
 
 /// Where the tailscale CLI looks for tailscaled's socket unless told otherwise.
@@ -312,6 +313,9 @@ fn read_by_tsinit(name: &str) -> bool {
         || crate::bringup::identity::KEY_VARS
             .iter()
             .any(|v| name == *v || name.strip_suffix("_FILE") == Some(v))
+        || crate::bringup::identity::CREDENTIAL_VARS
+            .iter()
+            .any(|(v, _, _)| name == *v)
 }
 
 /// The TSINIT_* variables that are not settings: the configuration file, the log
@@ -395,10 +399,6 @@ const UNSUPPORTED: &[(&str, bool, &str)] = &[
       state on a volume (TS_STATE_DIR), or give tailscaled --state=kube:<name> in \
       TS_TAILSCALED_EXTRA_ARGS",
     ),
-    ("TS_CLIENT_ID", false, CREDENTIALS),
-    ("TS_CLIENT_SECRET", false, CREDENTIALS),
-    ("TS_ID_TOKEN", false, CREDENTIALS),
-    ("TS_AUDIENCE", false, CREDENTIALS),
     (
         "TS_DEBUG_ADDR_PORT",
         false,
@@ -432,9 +432,6 @@ const UNSUPPORTED: &[(&str, bool, &str)] = &[
     ),
 ];
 
-const CREDENTIALS: &str = "not read from the environment yet: give --client-id=…, \
-    --client-secret=…, --id-token=… or --audience=… in TS_EXTRA_ARGS (the secrets among \
-    them reach the CLI through a memory file, never its arguments)";
 const PROXY: &str = "the official image's proxy modes are not supported: tsinit runs a \
     workload beside tailscale, not a proxy";
 
@@ -506,6 +503,35 @@ pub fn from_text(
         })?;
         config.given.push(setting.key);
     }
+    let (args, secrets) =
+        crate::bringup::identity::credentials(env).map_err(|message| ConfigError {
+            origin: "TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, TS_AUDIENCE".to_string(),
+            message,
+        })?;
+    let t = &mut config.tailscale;
+    let given = |flag: &str| {
+        t.up_secrets.iter().any(|s| s.flag == flag)
+            || t.extra_up_args.iter().any(|a| {
+                let a = a.trim_start_matches('-');
+                a.split('=').next() == Some(flag)
+            })
+    };
+    let twice = args
+        .iter()
+        .filter_map(|a| a.split('=').next()?.strip_prefix("--"))
+        .chain(secrets.iter().map(|s| s.flag))
+        .find(|flag| given(flag));
+    if let Some(flag) = twice {
+        return Err(ConfigError {
+            origin: "TS_EXTRA_ARGS".to_string(),
+            message: format!(
+                "--{flag} is given here and by its own variable (TS_CLIENT_ID, \
+                 TS_CLIENT_SECRET, TS_ID_TOKEN or TS_AUDIENCE): keep one"
+            ),
+        });
+    }
+    t.extra_up_args.extend(args);
+    t.up_secrets.extend(secrets);
     let given = config.given.clone();
     upflags::merge(&mut config, &|key| given.contains(&key)).map_err(|message| {
         let var = |name: &str| env(name).map(|v| format!("{name}={v:?}"));

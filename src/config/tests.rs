@@ -424,10 +424,6 @@ fn the_environment_is_checked_before_it_is_read() {
     assert!(err.message.contains("TSINIT_HOSTS_PATH"), "{err}");
     // The official image's variables tsinit does not support stop it, saying what to do
     // instead; unset, empty or (booleans) false they are nothing. Secrets are not shown.
-    let err =
-        check_environment(vars(vec![("TS_CLIENT_SECRET", "tskey-client-s".into())])).unwrap_err();
-    assert_eq!(err.origin, "TS_CLIENT_SECRET");
-    assert!(err.message.contains("--client-secret=") && !err.to_string().contains("tskey"));
     for (name, value) in [
         ("TS_KUBE_SECRET", "tailscale"),
         ("TS_DEST_IP", "10.0.0.1"),
@@ -876,4 +872,89 @@ fn the_endpoint_reads_containerboots_variables_with_their_meaning() {
         ("TSINIT_HTTP_LISTEN", "127.0.0.1:9100"),
     ];
     assert_eq!(http(&ours).unwrap().listen, Some(local));
+}
+
+#[test]
+fn containerboots_credential_variables_become_up_flags_and_secrets() {
+    let c = load_text(
+        "",
+        &[
+            ("TS_CLIENT_ID", "id-1?ephemeral=false"),
+            ("TS_ID_TOKEN", "eyJ.tok"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        c.tailscale.extra_up_args,
+        ["--client-id=id-1?ephemeral=false"]
+    );
+    let secrets: Vec<_> = c
+        .tailscale
+        .up_secrets
+        .iter()
+        .map(|s| (s.flag, s.value.as_str()))
+        .collect();
+    assert_eq!(secrets, [("id-token", "eyJ.tok")]);
+    let c = load_text("", &[("TS_CLIENT_ID", "id-1"), ("TS_AUDIENCE", "aud")]).unwrap();
+    assert_eq!(
+        c.tailscale.extra_up_args,
+        ["--client-id=id-1", "--audience=aud"]
+    );
+    assert!(c.tailscale.up_secrets.is_empty());
+    // Empty is unset, as there.
+    assert_eq!(
+        load_text("", &[("TS_CLIENT_SECRET", "")]),
+        load_text("", &[])
+    );
+    // containerboot's rules, and one source per flag.
+    for (env, says) in [
+        (&[("TS_ID_TOKEN", "t")][..], "TS_CLIENT_ID is not"),
+        (&[("TS_AUDIENCE", "a")][..], "TS_CLIENT_ID is not"),
+        (
+            &[
+                ("TS_CLIENT_ID", "i"),
+                ("TS_ID_TOKEN", "t"),
+                ("TS_CLIENT_SECRET", "s"),
+            ][..],
+            "cannot both",
+        ),
+        (
+            &[
+                ("TS_CLIENT_ID", "i"),
+                ("TS_ID_TOKEN", "t"),
+                ("TS_AUDIENCE", "a"),
+            ][..],
+            "cannot both",
+        ),
+        (
+            &[
+                ("TS_CLIENT_ID", "i"),
+                ("TS_AUDIENCE", "a"),
+                ("TS_CLIENT_SECRET", "s"),
+            ][..],
+            "cannot both",
+        ),
+        (
+            &[("TS_AUTHKEY", "tskey-auth-k"), ("TS_CLIENT_ID", "i")][..],
+            "keep one way to log in",
+        ),
+        (
+            &[("TS_CLIENT_ID", "i"), ("TS_EXTRA_ARGS", "--client-id=j")][..],
+            "--client-id is given",
+        ),
+        (
+            &[
+                ("TS_CLIENT_SECRET", "s"),
+                ("TS_EXTRA_ARGS", "--client-secret s2"),
+            ][..],
+            "given here",
+        ),
+    ] {
+        let err = load_text("", env).unwrap_err();
+        assert!(err.message.contains(says), "{env:?}: {err}");
+        assert!(
+            !err.to_string().contains("tskey-auth-k"),
+            "no secret shown: {err}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
-use crate::bringup::identity::KEY_VARS;
+use crate::bringup::identity::SECRET_VARS;
 use crate::duration;
 use crate::init::{Init, Woke};
 use crate::sys::Exit;
@@ -81,7 +81,7 @@ pub fn start(
     } else {
         cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
     }
-    for var in KEY_VARS {
+    for var in SECRET_VARS {
         cmd.env_remove(var);
     }
     crate::sys::prepare_child(&mut cmd, init.background_child());

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use log::{debug, log, warn};
 
-use crate::bringup::identity::KEY_VARS;
+use crate::bringup::identity::SECRET_VARS;
 use crate::config;
 use crate::init::Init;
 
@@ -110,7 +110,7 @@ pub fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
-    for var in KEY_VARS {
+    for var in SECRET_VARS {
         cmd.env_remove(var);
     }
     crate::sys::prepare_child(&mut cmd, init.background_child());

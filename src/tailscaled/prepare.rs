@@ -110,11 +110,22 @@ pub fn prepare(
         }
     };
     let desired = Desired::from_config(config, &identity::default_hostname(&hostname, env));
-    if !desired.extra_up_args.is_empty() {
+    // Those that matter only at a login (minting a key) need no word.
+    let login_only = |a: &&String| {
+        let name = a
+            .trim_start_matches('-')
+            .split('=')
+            .next()
+            .unwrap_or_default();
+        !["client-id", "audience"].contains(&name)
+    };
+    let unread: Vec<&String> = desired.extra_up_args.iter().filter(login_only).collect();
+    if !unread.is_empty() {
+        let unread: Vec<&str> = unread.iter().map(|a| a.as_str()).collect();
         info!(
             "extra `tailscale up` arguments passed on as given at a login: {} (tsinit does \
              not read them, so later boots do not check them)",
-            desired.extra_up_args.join(" ")
+            unread.join(" ")
         );
     }
     if !userspace {
@@ -150,6 +161,36 @@ pub fn prepare(
         }
         debug!("auth key from {}", key.source);
     }
+    let secrets = credential_secrets(&t.up_secrets)?;
+    let client_id = t.extra_up_args.iter().find_map(|a| {
+        let a = a.trim_start_matches('-');
+        a.strip_prefix("client-id=")
+    });
+    let mints = client_id.is_some() || secrets.iter().any(|s| s.flag == "client-secret");
+    if mints && desired.advertise_tags.is_empty() {
+        return Err(Error::Unavailable(
+            "a key minted from an OAuth client or a federated identity (client id, client \
+             secret, ID token) needs tags: set TSINIT_TAILSCALE_ADVERTISE_TAGS or give \
+             --advertise-tags in TS_EXTRA_ARGS, e.g. tag:container"
+                .to_string(),
+        ));
+    }
+    for s in secrets.iter().filter(|s| s.flag == "client-secret") {
+        let key = AuthKey {
+            key: s.value.clone(),
+            source: "the client secret".to_string(),
+        };
+        if let Some(warning) = identity::ephemeral_warning(&key) {
+            warn!("{warning}");
+        }
+    }
+    if let Some(id) = client_id.filter(|id| identity::mints_ephemeral(id)) {
+        warn!(
+            "the client id {id} mints ephemeral nodes: control removes the node soon after \
+             it goes offline, while its saved state says logged in; append \
+             ?ephemeral=false&preauthorized=true to the client id for a node that stays"
+        );
+    }
     if config.hosts.enabled {
         check_hosts_path(&config.hosts.path)?;
     }
@@ -159,18 +200,39 @@ pub fn prepare(
         lock,
         tailscaled,
         tailscale,
-        secrets: t
-            .up_secrets
-            .iter()
-            .filter(|s| s.flag != "auth-key")
-            .cloned()
-            .collect(),
+        secrets,
         userspace,
         mode_note,
         desired,
         key,
         serve,
     }))
+}
+
+/// The secrets other than the auth key (a client secret, an ID token), with a `file:`
+/// value read here: the CLI resolves `file:` itself, but it reads these from a memory
+/// file, whose text it does not resolve again.
+fn credential_secrets(all: &[SecretArg]) -> Result<Vec<SecretArg>, Error> {
+    let mut out = Vec::new();
+    for s in all.iter().filter(|s| s.flag != "auth-key") {
+        let value = match s.value.strip_prefix("file:") {
+            Some(path) => config::read_small_file(Path::new(path))
+                .map_err(|e| {
+                    Error::Config(config::ConfigError {
+                        origin: format!("--{} file:{path}", s.flag),
+                        message: format!("cannot read the file: {e}"),
+                    })
+                })?
+                .trim()
+                .to_string(),
+            None => s.value.clone(),
+        };
+        out.push(SecretArg {
+            flag: s.flag,
+            value,
+        });
+    }
+    Ok(out)
 }
 
 /// The file in the state directory that tsinit holds locked while it runs.

@@ -554,7 +554,8 @@ pub fn pid1_in(ns: &NetNs, dir: &Path, args: &[&str]) -> Command {
 
 /// Waits (30 s at most) for `r` to exit while reading every process's command line every
 /// few milliseconds: panics if one holds `secret`; returns whether a `tailscale up` that
-/// reads its key from a memory file (`--auth-key=file:/proc/self/fd/N`) was seen.
+/// reads its key (or another secret) from a memory file (`--auth-key=file:/proc/self/fd/N`)
+/// was seen.
 pub fn watch_argv_until_exit(r: &mut Running, secret: &str) -> bool {
     let mut saw_up = false;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -569,8 +570,7 @@ pub fn watch_argv_until_exit(r: &mut Running, secret: &str) -> bool {
                 !cmdline.contains(secret),
                 "secret in argv of {pid}: {cmdline}"
             );
-            saw_up |=
-                cmdline.contains(" up ") && cmdline.contains("--auth-key=file:/proc/self/fd/");
+            saw_up |= cmdline.contains(" up ") && cmdline.contains("=file:/proc/self/fd/");
         }
     }
     saw_up
