@@ -787,6 +787,24 @@ fn row10b_a_resumed_login_falling_to_needs_login_fails_naming_the_transition() {
     });
 }
 
+/// The same with a key: the node was deleted at control, so tsinit logs in again with
+/// the key, once, saying why.
+#[test]
+fn row10c_a_resumed_login_falling_to_needs_login_logs_in_again_with_the_key() {
+    check(Row {
+        name: "resume-relogin",
+        scenario: json!({
+            "state": "Starting", "logged_in": true, "prefs": in_step(json!({})),
+            "on_watch": [{"after_ms": 30, "state": "NeedsLogin"}],
+            "cli": up_reaches_running(), "expect_key": KEY,
+        }),
+        env: vec![("TS_AUTHKEY", KEY)],
+        calls: vec![(up_with_key(), Some("matches"))],
+        says: vec!["control refused the saved login", "tailscale up as web"],
+        ..Row::default()
+    });
+}
+
 /// The workload's lines on stdout that say it got SIGUSR1.
 fn usr1_seen(r: &Running) -> usize {
     r.stdout().lines().filter(|l| *l == "usr1").count()

@@ -941,3 +941,50 @@ fn the_real_cli_exchanges_an_id_token_from_the_credential_variables() {
     assert!(up.contains("--id-token=file:/proc/self/fd/"), "{up}");
     assert!(saw_up, "`tailscale up` read its secret from a memory file");
 }
+
+/// A node deleted at control (by an admin, or an ephemeral one after it went offline)
+/// while its state is kept: at the next boot tailscaled's saved login is refused, and
+/// tsinit logs in again with the key it has, once, saying why; a node without a key
+/// fails loudly instead.
+#[test]
+fn a_node_deleted_at_control_logs_in_again_with_the_key() {
+    let net = Tailnet::new("deleted");
+    let boot = |key: bool| {
+        let mut cmd = net.tsinit(&["--", "sh", "-c", "\"$TSINIT\" status"]);
+        cmd.env("TSINIT_NETWORKING", "userspace");
+        if key {
+            cmd.env("TS_AUTHKEY", KEY);
+        }
+        let mut r = Running::start(cmd);
+        r.code();
+        r
+    };
+    assert_eq!(boot(true).code(), 0);
+    let first = net.control.nodes()[0].clone();
+    net.cli_calls();
+    net.control.remove_peer(first.id);
+
+    let mut r = boot(true);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("state: Running"), "{}", r.stdout());
+    let err = r.stderr();
+    assert_eq!(
+        err.matches("control refused the saved login").count(),
+        1,
+        "{err}"
+    );
+    let calls = net.cli_calls();
+    assert_eq!((ran(&calls, "up"), calls.len()), (1, 1), "{calls:?}");
+    let nodes = net.control.nodes();
+    assert_eq!(nodes.len(), 1, "one new node");
+    assert_ne!(nodes[0].id, first.id, "registered again at control");
+
+    // Without anything to log in with: one clear failure.
+    net.control.remove_peer(nodes[0].id);
+    let mut r = boot(false);
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("went from Starting to NeedsLogin"), "{err}");
+    assert!(!err.contains("control refused the saved login"), "{err}");
+    assert_eq!(ran(&net.cli_calls(), "up"), 0);
+}

@@ -143,6 +143,20 @@ impl Tailscaled {
             }
             Step::Running { until, flow } => match self.view.state {
                 Some(BackendState::Running) if self.netmap_in() => go(Ok(self.after_running(flow))),
+                // The saved login was refused: the node is gone at control. Logged in
+                // again, once, with what tsinit was given to log in with.
+                Some(BackendState::NeedsLogin) if flow.starting && self.can_log_in() => {
+                    warn!(
+                        "control refused the saved login (the node was deleted, or was \
+                         ephemeral and removed while offline): logging in again as a new node"
+                    );
+                    let flow = Flow {
+                        starting: false,
+                        ..flow
+                    };
+                    let args = plan::up_args(&self.p.desired);
+                    go(self.run_up(args, true, init, flow))
+                }
                 Some(s)
                     if !matches!(
                         s,
@@ -353,32 +367,48 @@ impl Tailscaled {
                 self.run_set(set, init, flow)
             }
             Plan::Set(args) => self.run_set(args, init, flow),
-            Plan::Up { args, needs_key } => {
-                let with_key = needs_key && self.holds_secret();
-                // A client id (with an audience) has the CLI mint a key itself.
-                let minted = args.iter().any(|a| a.starts_with("--client-id="));
-                if needs_key && !with_key && !minted {
-                    warn!(
-                        "tailscale is not logged in and no auth key was given \
-                         (TS_AUTHKEY, tailscale.auth_key_file, /run/secrets/ts_authkey): \
-                         starting an interactive login; open the URL below to log in"
-                    );
-                }
-                info!("tailscale up as {hostname}");
-                let mut full = vec!["up".to_string()];
-                full.extend(args);
-                let key = self.p.key.as_ref().map(|k| ("auth-key", k.key.clone()));
-                let others = self.p.secrets.iter().map(|s| (s.flag, s.value.clone()));
-                let secrets: Vec<(&str, String)> = match with_key {
-                    true => key.into_iter().chain(others).collect(),
-                    false => Vec::new(),
-                };
-                let limit = self.cfg.up_timeout + Duration::from_secs(10);
-                self.run_cli(init, &full, secrets, limit, flow)
-            }
+            Plan::Up { args, needs_key } => self.run_up(args, needs_key, init, flow),
             Plan::NeedsApproval => Err(Failure::NeedsApproval),
             Plan::Unexpected(state) => Err(Failure::Unexpected(state)),
         }
+    }
+
+    /// `tailscale up` with `args` (and the key and other secrets, if `needs_key`).
+    fn run_up(
+        &mut self,
+        args: Vec<String>,
+        needs_key: bool,
+        init: &mut Init,
+        flow: Flow,
+    ) -> Result<Step, Failure> {
+        let hostname = self.p.desired.hostname.clone();
+        let with_key = needs_key && self.holds_secret();
+        if needs_key && !with_key && !self.can_log_in() {
+            warn!(
+                "tailscale is not logged in and no auth key was given \
+                 (TS_AUTHKEY, tailscale.auth_key_file, /run/secrets/ts_authkey): \
+                 starting an interactive login; open the URL below to log in"
+            );
+        }
+        info!("tailscale up as {hostname}");
+        let mut full = vec!["up".to_string()];
+        full.extend(args);
+        let key = self.p.key.as_ref().map(|k| ("auth-key", k.key.clone()));
+        let others = self.p.secrets.iter().map(|s| (s.flag, s.value.clone()));
+        let secrets: Vec<(&str, String)> = match with_key {
+            true => key.into_iter().chain(others).collect(),
+            false => Vec::new(),
+        };
+        let limit = self.cfg.up_timeout + Duration::from_secs(10);
+        self.run_cli(init, &full, secrets, limit, flow)
+    }
+
+    /// Whether tsinit can log the node in by itself: it has a key, another secret, or a
+    /// client id the CLI mints a key with.
+    fn can_log_in(&self) -> bool {
+        let minted = (self.p.desired.extra_up_args.iter())
+            .any(|a| a.trim_start_matches('-').starts_with("client-id="));
+        self.holds_secret() || minted
     }
 
     /// `tailscale set` with `args`.

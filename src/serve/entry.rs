@@ -1,7 +1,6 @@
 //! The `[[serve]]` entries: protocols, ports, targets and paths, checked when the
 //! configuration is read, so a bad entry stops tsinit before anything starts.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// How a served port is handled.
@@ -149,29 +148,24 @@ fn web_target(target: &str) -> Result<String, String> {
 
 /// Checks the entries together: one protocol per port, one target per path.
 pub fn check(entries: &[Entry]) -> Result<(), String> {
-    let mut seen: BTreeMap<u16, (Proto, Vec<&str>)> = BTreeMap::new();
-    for e in entries {
-        match seen.get_mut(&e.port) {
-            None => {
-                seen.insert(e.port, (e.proto, vec![e.path.as_str()]));
-            }
-            Some((proto, _)) if *proto != e.proto => {
-                return Err(format!(
-                    "port {} is served twice, as {proto} and as {}: one protocol per port",
-                    e.port, e.proto
-                ));
-            }
-            Some((proto, paths)) => {
-                if matches!(proto, Proto::Tcp | Proto::TlsTerminatedTcp)
-                    || paths.contains(&e.path.as_str())
-                {
-                    return Err(format!(
-                        "port {} path {} is served twice: one target each",
-                        e.port, e.path
-                    ));
-                }
-                paths.push(&e.path);
-            }
+    for (i, e) in entries.iter().enumerate() {
+        let before = entries.get(..i).unwrap_or_default();
+        let Some(first) = before.iter().find(|o| o.port == e.port) else {
+            continue;
+        };
+        if first.proto != e.proto {
+            return Err(format!(
+                "port {} is served twice, as {} and as {}: one protocol per port",
+                e.port, first.proto, e.proto
+            ));
+        }
+        if matches!(e.proto, Proto::Tcp | Proto::TlsTerminatedTcp)
+            || before.iter().any(|o| o.port == e.port && o.path == e.path)
+        {
+            return Err(format!(
+                "port {} path {} is served twice: one target each",
+                e.port, e.path
+            ));
         }
     }
     Ok(())
