@@ -528,6 +528,63 @@ fn docker_exec_tailscale_works_with_the_socket_elsewhere() {
     assert_eq!(link, "/tmp/tailscaled.sock");
 }
 
+/// The Compose recipe for the health endpoint in tsinit's image: busybox `wget` against
+/// /healthz as Docker's healthcheck. Offline the node never logs in, so /healthz says 503
+/// and Docker calls the container unhealthy (the 200 side is tested in a namespace).
+#[test]
+fn a_wget_healthcheck_on_healthz_reports_the_node_to_docker() {
+    let c = Container::new();
+    c.start(
+        &[
+            "--env",
+            "TS_ENABLE_HEALTH_CHECK=true",
+            "--env",
+            "TS_LOCAL_ADDR_PORT=127.0.0.1:9002",
+            "--env",
+            "TSINIT_NETWORKING=userspace",
+            "--env",
+            "TSINIT_ON_FAILURE=continue",
+            "--health-cmd",
+            "wget -q -O - http://127.0.0.1:9002/healthz",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            // The image's own HEALTHCHECK gives failures a minute's grace.
+            "--health-start-period",
+            "1s",
+        ],
+        &["sleep", "600"],
+    );
+    c.wait_log(
+        "serving /healthz on http://127.0.0.1:9002",
+        Duration::from_secs(30),
+    );
+    let out = run(
+        docker(&[
+            "exec",
+            &c.name,
+            "wget",
+            "-S",
+            "-O",
+            "-",
+            "http://127.0.0.1:9002/healthz",
+        ]),
+        RUN_TIMEOUT,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("503 Service Unavailable"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = c.inspect("{{.State.Health.Status}}");
+        if health == "unhealthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health stayed {health:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Signals and reaping.
 
