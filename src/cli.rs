@@ -6,12 +6,16 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 Usage: tsinit [OPTIONS] [--] PROGRAM [ARGS...]
+       tsinit run [OPTIONS]
        tsinit preflight [--json] [-c PATH]
        tsinit status [-c PATH]
 
 Runs PROGRAM as the workload of a container: starts tailscaled and brings the node up
 (if tailscale is installed), forwards signals to the workload, reaps zombies, stops
 whatever is left when it exits, and exits with its status.
+
+`tsinit run` does the same for tailscale alone, with no workload, until a signal stops
+it (a service of another init or supervisor; exit 0).
 
 `tsinit preflight` checks whether this container can do kernel networking (exit 0 if
 so); `tsinit status` shows the node's state (exit 0 only when it is Running).
@@ -39,7 +43,7 @@ pub enum Invocation {
 pub struct RunArgs {
     pub config: Option<PathBuf>,
     pub verbosity: u8,
-    /// PROGRAM and its arguments; never empty.
+    /// PROGRAM and its arguments; empty for `tsinit run` (tailscale alone).
     pub program: Vec<OsString>,
 }
 
@@ -61,6 +65,9 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
             args[1..].to_vec(),
         ));
     }
+    // `tsinit run [OPTIONS]`: tailscaled alone, no workload.
+    let service = args.first().is_some_and(|a| a == "run");
+    let args = args.get(usize::from(service)..).unwrap_or_default();
     let mut config = None;
     let mut verbosity = 0u8;
     let mut i = 0;
@@ -105,10 +112,22 @@ pub fn parse(args: &[OsString]) -> Result<Invocation, UsageError> {
         }
     }
     let program = args[i..].to_vec();
-    if program.is_empty() {
-        return Err(UsageError(
-            "no PROGRAM given: tell tsinit what to run".to_string(),
-        ));
+    match (service, program.is_empty()) {
+        (false, true) => {
+            return Err(UsageError(
+                "no PROGRAM given: tell tsinit what to run (or `tsinit run` to run tailscale \
+                 alone)"
+                    .to_string(),
+            ));
+        }
+        (true, false) => {
+            return Err(UsageError(
+                "`tsinit run` runs tailscale alone and takes no PROGRAM; to run a program \
+                 called run, write `tsinit -- run`"
+                    .to_string(),
+            ));
+        }
+        _ => {}
     }
     Ok(Invocation::Run(RunArgs {
         config,
@@ -157,6 +176,11 @@ mod tests {
             (&["--", "status"], run(None, 0, &["status"])),
             (&["-v", "status"], run(None, 1, &["status"])),
             (&["--", "--"], run(None, 0, &["--"])),
+            // `tsinit run`: tailscale alone (an empty PROGRAM).
+            (&["run"], run(None, 0, &[])),
+            (&["run", "-v", "-c", "/a"], run(Some("/a"), 1, &[])),
+            (&["--", "run"], run(None, 0, &["run"])),
+            (&["-v", "run"], run(None, 1, &["run"])),
         ];
         for (argv, want) in cases {
             assert_eq!(parse(&args(argv)), Ok(want), "{argv:?}");
@@ -169,6 +193,11 @@ mod tests {
             (&[], "no PROGRAM given"),
             (&["-v"], "no PROGRAM given"),
             (&["--"], "no PROGRAM given"),
+            (
+                &["run", "sleep"],
+                "`tsinit run` runs tailscale alone and takes no PROGRAM",
+            ),
+            (&["run", "--", "x"], "`tsinit run` runs tailscale alone"),
             (
                 &["-x", "ls"],
                 "unknown option `-x`; to run a program whose name starts with",

@@ -86,6 +86,13 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
+    if prepared.is_none() && run_args.program.is_empty() {
+        return fail(Error::Unavailable(
+            "`tsinit run` runs tailscale alone, and tailscale is not run here \
+             (tailscale.enabled = false, or no tailscaled found)"
+                .to_string(),
+        ));
+    }
     if prepared.is_none() && config.http.serving().is_some() {
         return fail(Error::Unavailable(
             "the health and metrics endpoint (http.health, http.metrics) reports on the \
@@ -149,6 +156,17 @@ fn run(args: Vec<OsString>) -> i32 {
     if let Some(sig) = init.stop_requested() {
         tailnet.stop(&mut init);
         return 128 + sig;
+    }
+    if run_args.program.is_empty() {
+        // `tsinit run`: tailscale alone, until a stop signal.
+        if let Some(t) = tailnet.as_mut() {
+            t.on_workload_started();
+        }
+        let sig = init.serve(&mut tailnet);
+        debug!("stopping on {}", tsinit::signals::name(sig));
+        init.stop_leftovers(&tailnet.pids());
+        tailnet.stop(&mut init);
+        return 0;
     }
     if let Err(e) = init.spawn_workload(&run_args.program, &env, drop_caps) {
         tailnet.stop(&mut init);

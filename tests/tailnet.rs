@@ -988,3 +988,63 @@ fn a_node_deleted_at_control_logs_in_again_with_the_key() {
     assert!(!err.contains("control refused the saved login"), "{err}");
     assert_eq!(ran(&net.cli_calls(), "up"), 0);
 }
+
+/// `tsinit run`: tailscale alone, as a service of another init (here a shell, so tsinit
+/// is no PID 1): it brings the node up and keeps the hosts block, restarts a tailscaled
+/// that dies, and on SIGTERM stops tailscaled, empties the block and exits 0.
+#[test]
+fn tsinit_run_keeps_tailscale_up_alone_until_a_signal() {
+    let net = Tailnet::new("service");
+    let mut cmd = net.ns.cmd("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .args(["sh", "-c", "\"$TSINIT\" run; echo \"tsinit run exited $?\""]);
+    common::tailscale_env(&mut cmd, net.dir.path());
+    common::login_env(&mut cmd, net.control.url());
+    cmd.env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    let listed = || {
+        net.hosts()
+            .contains(" tsinit-test.tail.example tsinit-test\n")
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the node in the hosts block",
+        listed,
+    );
+    let sh = r.pid1_pid();
+    let tsinit = common::children_of(sh)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .next()
+        .expect("the shell runs tsinit");
+    let daemon = || {
+        common::children_of(tsinit)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c == "tailscaled\n")
+            })
+    };
+    let first = daemon().expect("tailscaled runs");
+    Running::kill(first, libc::SIGKILL);
+    wait_until(Duration::from_secs(30), "tailscaled started again", || {
+        daemon().is_some_and(|pid| pid != first)
+    });
+    Running::kill(tsinit, libc::SIGTERM);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(r.stdout().contains("tsinit run exited 0"), "{}", r.stdout());
+    assert!(daemon().is_none());
+    assert!(
+        net.hosts().contains("(0 names,"),
+        "emptied: {}",
+        net.hosts()
+    );
+    let err = r.stderr();
+    assert!(
+        err.contains("tailscaled exited (killed by SIGKILL)"),
+        "{err}"
+    );
+    assert_eq!(net.control.register_count(), 1, "one node: {err}");
+}

@@ -317,6 +317,22 @@ impl Init {
         }
     }
 
+    /// With no workload (`tsinit run`): tends `services` and reaps every child until a
+    /// stop signal arrives; returns it.
+    pub fn serve(&mut self, services: &mut dyn Service) -> c_int {
+        loop {
+            if let Some(sig) = self.stop {
+                return sig;
+            }
+            services.tend(self);
+            if let Some(sig) = self.stop {
+                return sig;
+            }
+            let deadline = services.deadline();
+            self.pump_rw(deadline, &services.fds(), &services.write_fds());
+        }
+    }
+
     fn escalate(&self) {
         if let Some(after) = self.config.escalate_after {
             warn!(
