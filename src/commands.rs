@@ -113,10 +113,12 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
         let mut json: serde_json::Value =
             serde_json::from_slice(report.to_json().as_bytes()).unwrap_or(serde_json::Value::Null);
         if let Some(obj) = json.as_object_mut() {
-            let v: serde_json::Map<String, serde_json::Value> = versions
-                .iter()
-                .map(|(n, v)| (n.to_string(), serde_json::Value::String(v.clone())))
-                .collect();
+            // Inserted one by one: collecting a map sorts its pairs first, with a sort
+            // the binary has for nothing else.
+            let mut v = serde_json::Map::new();
+            for (n, version) in &versions {
+                v.insert(n.to_string(), serde_json::Value::String(version.clone()));
+            }
             obj.insert("versions".to_string(), serde_json::Value::Object(v));
         }
         say!(
