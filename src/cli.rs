@@ -7,6 +7,9 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 Usage: tsinit [OPTIONS] [--] PROGRAM [ARGS...]
        tsinit run [OPTIONS]
+       tsinit up [--wait[=DURATION]] [-c PATH]
+       tsinit down [-c PATH]
+       tsinit shellenv [-c PATH]
        tsinit preflight [--json] [-c PATH]
        tsinit status [-c PATH]
 
@@ -15,7 +18,9 @@ Runs PROGRAM as the workload of a container: starts tailscaled and brings the no
 whatever is left when it exits, and exits with its status.
 
 `tsinit run` does the same for tailscale alone, with no workload, until a signal stops
-it (a service of another init or supervisor; exit 0).
+it (a service of another init or supervisor; exit 0). Where nothing can run it, `tsinit
+up` starts it in the background once (`--wait`: until the node is up), `tsinit down`
+stops it, and `eval \"$(tsinit shellenv)\"` gives a shell the socket and proxy settings.
 
 `tsinit preflight` checks whether this container can do kernel networking (exit 0 if
 so); `tsinit status` shows the node's state (exit 0 only when it is Running).
@@ -48,7 +53,7 @@ pub struct RunArgs {
 }
 
 /// Subcommands recognised as the first word; to run a program of that name, use `--`.
-pub const SUBCOMMANDS: [&str; 2] = ["preflight", "status"];
+pub const SUBCOMMANDS: [&str; 5] = ["preflight", "status", "up", "down", "shellenv"];
 
 /// A command line tsinit cannot use, with the message to print.
 #[derive(Debug, PartialEq, Eq)]

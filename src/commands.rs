@@ -13,12 +13,18 @@ use crate::tailscaled;
 /// `tsinit status | head -1` or a HEALTHCHECK that stops reading, is no reason to fail,
 /// let alone to panic).
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        OUT.with_borrow_mut(|out| {
-            use std::fmt::Write as _;
-            let _ = writeln!(out, $($arg)*);
-        })
-    }};
+    ($($arg:tt)*) => {
+        say_line(format_args!($($arg)*))
+    };
+}
+
+/// [`say!`]'s one copy of the work.
+fn say_line(args: std::fmt::Arguments) {
+    OUT.with_borrow_mut(|out| {
+        use std::fmt::Write as _;
+        let _ = out.write_fmt(args);
+        out.push('\n');
+    })
 }
 
 thread_local! {
@@ -69,6 +75,7 @@ fn options(args: &[OsString], allow_json: bool) -> Result<Options, Error> {
     Ok(opts)
 }
 
+#[inline(never)] // one copy for every subcommand
 fn load(opts: &Options) -> Result<Config, Error> {
     config::check_environment(std::env::vars_os()).map_err(Error::Config)?;
     config::load(opts.config.as_deref(), &|name| std::env::var(name).ok()).map_err(Error::Config)
@@ -79,6 +86,15 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
     let result = match name {
         "preflight" => preflight(args),
         "status" => status(args),
+        "up" => crate::detached::wait_option(args).and_then(|(wait, rest)| {
+            let opts = options(&rest, false)?;
+            let config = load(&opts)?;
+            crate::detached::up(&config, opts.config.as_deref(), wait)
+        }),
+        "down" => options(args, false).and_then(|opts| crate::detached::down(&load(&opts)?)),
+        "shellenv" => options(args, false)
+            .map(|opts| load(&opts).map(|c| crate::detached::env(&c)))
+            .and_then(|r| r),
         _ => Err(Error::Usage(format!("unknown subcommand `{name}`"))),
     };
     flush();

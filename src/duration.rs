@@ -37,7 +37,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way it is written in the configuration.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)

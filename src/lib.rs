@@ -6,6 +6,7 @@ pub mod bringup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod detached;
 pub(crate) mod duration;
 pub(crate) mod endpoint;
 pub mod error;

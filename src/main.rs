@@ -16,7 +16,7 @@ use tsinit::error::{EXIT_USAGE, Error};
 use tsinit::init::{self, Init, Service};
 use tsinit::signals::Signals;
 use tsinit::tailscaled::{self, BringupError, Tailscaled};
-use tsinit::{commands, config, logging, sys};
+use tsinit::{commands, config, detached, logging, sys};
 
 #[allow(unsafe_code)]
 #[unsafe(no_mangle)]
@@ -63,6 +63,11 @@ fn run(args: Vec<OsString>) -> i32 {
         return fail(Error::Config(e));
     }
     let secret_vars = hide_secrets();
+    // `tsinit run` started by `tsinit up`: the pipe on which it hears how things go.
+    let mut ready = match run_args.program.is_empty() {
+        true => detached::ready_pipe(),
+        false => None,
+    };
     let mut holds_secret = !secret_vars.is_empty();
     let env = |name: &str| {
         secret_vars
@@ -105,6 +110,8 @@ fn run(args: Vec<OsString>) -> i32 {
         Ok(tailnet) => tailnet,
         Err(e) => return fail(e),
     };
+    // The state directory is locked: this is the one supervisor of it.
+    detached::tell(&mut ready, "locked");
     let on_failure = config.on_failure;
     if holds_secret || tailnet.as_ref().is_some_and(|t| t.holds_secret()) {
         // Its memory holds a secret: readable only with CAP_SYS_PTRACE from now on.
@@ -119,12 +126,13 @@ fn run(args: Vec<OsString>) -> i32 {
     // 5. Start tailscaled and bring the node up (fail loudly, or go on as configured).
     if let Some(t) = tailnet.as_mut() {
         match t.bring_up(&mut init) {
-            Ok(()) => {}
+            Ok(()) => detached::tell(&mut ready, "up"),
             Err(BringupError::Stop(sig)) => {
                 t.stop(&mut init);
                 return 128 + sig;
             }
             Err(BringupError::Failed(why)) if on_failure == OnFailure::Continue => {
+                detached::tell(&mut ready, &format!("failed: {}", why.replace('\n', "; ")));
                 warn!("{why}\nstarting the workload anyway (on_failure = \"continue\")");
                 t.retry_later();
             }
@@ -157,6 +165,7 @@ fn run(args: Vec<OsString>) -> i32 {
         tailnet.stop(&mut init);
         return 128 + sig;
     }
+    drop(ready);
     if run_args.program.is_empty() {
         // `tsinit run`: tailscale alone, until a stop signal.
         if let Some(t) = tailnet.as_mut() {

@@ -272,6 +272,8 @@ pub struct ChildSetup {
     pub foreground: bool,
     /// Run without CAP_NET_ADMIN and CAP_NET_RAW.
     pub drop_caps: bool,
+    /// Get SIGTERM when tsinit dies (tailscaled must not outlive its supervisor).
+    pub die_with_parent: bool,
 }
 
 /// Prepares `cmd` so that the child (which leads its own process group: the caller sets
@@ -282,8 +284,16 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
         signals,
         foreground,
         drop_caps,
+        die_with_parent,
     } = setup;
     let setup = move || -> io::Result<()> {
+        if die_with_parent {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes no pointers.
+            let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if drop_caps {
             drop_net_caps()?;
         }
@@ -312,6 +322,39 @@ pub fn prepare_child(cmd: &mut Command, setup: ChildSetup) {
     unsafe {
         cmd.pre_exec(setup);
     }
+}
+
+/// Makes the child of `cmd` leader of a session of its own (detached from the caller's
+/// terminal and process group), for `tsinit up`'s background supervisor.
+pub fn new_session(cmd: &mut Command) {
+    // SAFETY: setsid takes no arguments and is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| match libc::setsid() {
+            -1 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+}
+
+/// Takes over descriptor `fd`, which the parent left open for us (its number came in the
+/// environment): `None` unless it is open and not stdio. It is closed on exec from now on.
+pub fn inherited_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD/F_SETFD take no pointers.
+    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
+    // SAFETY: `fd` is open, and nothing else in this process owns it: it was inherited
+    // for this one use, and its number is read once, from a variable just removed.
+    open.then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A descriptor that becomes readable when process `pid` exits (pidfd_open(2)).
+pub fn pidfd(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us, open and owned by no one.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were closed), so that

@@ -1048,3 +1048,75 @@ fn tsinit_run_keeps_tailscale_up_alone_until_a_signal() {
     );
     assert_eq!(net.control.register_count(), 1, "one node: {err}");
 }
+
+/// Where tsinit cannot be PID 1 (a Sprite, a Modal exec session, a shell hook): `tsinit
+/// up --wait` starts `tsinit run` in the background and returns once the node is up; more
+/// `up`s, ten at once too, find it and start nothing; `shellenv` gives a shell the
+/// socket and proxy; a supervisor killed outright takes tailscaled with it and the next
+/// `up` starts afresh on the same node; `down` stops it all and empties the hosts block.
+#[test]
+fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
+    let net = Tailnet::new("detached");
+    let script = r#"
+        procs() { for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done; }
+        count() { procs | grep -c "$1"; }
+        gone() { end=$(( $(date +%s) + 20 )); while [ "$(count "$1")" != 0 ]; do
+                   [ "$(date +%s)" -lt "$end" ] || { echo "$1 still runs"; exit 9; }; sleep 0.05; done; }
+        "$TSINIT" up --wait || exit 10
+        "$TSINIT" status | grep '^state:'
+        s=$(date +%s%N); "$TSINIT" up; e=$(date +%s%N); echo "again-ms $(( (e - s) / 1000000 ))"
+        for i in 1 2 3 4 5 6 7 8 9 10; do "$TSINIT" up --wait > /dev/null & done; wait
+        echo "supervisors $(count '^[^ ]*tsinit run') tailscaled $(count '^[^ ]*tailscaled ')"
+        eval "$("$TSINIT" shellenv)"; echo "env TS_SOCKET=$TS_SOCKET ALL_PROXY=$ALL_PROXY"
+        pid=$("$TSINIT" up | sed -n 's/.*(pid \([0-9]*\)).*/\1/p')
+        kill -9 "$pid"; gone '^[^ ]*tailscaled '
+        "$TSINIT" up --wait > /dev/null || exit 11
+        echo "after kill: supervisors $(count '^[^ ]*tsinit run')"
+        "$TSINIT" down
+        gone '^[^ ]*tsinit run'; gone '^[^ ]*tailscaled '
+        "$TSINIT" down
+    "#;
+    let mut cmd = net.ns.cmd("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .args(["sh", "-c", script]);
+    common::tailscale_env(&mut cmd, net.dir.path());
+    common::login_env(&mut cmd, net.control.url());
+    cmd.env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace");
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    for line in [
+        "started tsinit run (pid ",
+        "\nup\n",
+        "state: Running\n",
+        "supervisors 1 tailscaled 1\n",
+        &format!(
+            "env TS_SOCKET={} ALL_PROXY=socks5h://localhost:1055\n",
+            net.dir.path().join("run/tailscaled.sock").display()
+        ),
+        "after kill: supervisors 1\n",
+        "stopped tsinit (pid ",
+        "tsinit is not running\n",
+    ] {
+        assert!(
+            out.contains(line),
+            "{line:?} missing:\n{out}\n{}",
+            r.stderr()
+        );
+    }
+    let again: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("again-ms "))
+        .and_then(|v| v.parse().ok())
+        .expect("the second up's time");
+    eprintln!("`tsinit up` with the supervisor up: {again} ms");
+    assert!(
+        net.hosts().contains("(0 names,"),
+        "emptied: {}",
+        net.hosts()
+    );
+    assert_eq!(net.control.register_count(), 1, "one node throughout");
+    let log = std::fs::read_to_string(net.dir.path().join("state/tsinit.log")).unwrap();
+    assert!(!log.contains(KEY), "{log}");
+}

@@ -319,8 +319,14 @@ fn read_by_tsinit(name: &str) -> bool {
 }
 
 /// The TSINIT_* variables that are not settings: the configuration file, the log
-/// level, and the image name scripts/image and compose.yaml use (accepted and ignored).
-const OTHER_VARS: [&str; 3] = ["TSINIT_CONFIG", crate::logging::ENV, "TSINIT_IMAGE"];
+/// level, the image name scripts/image and compose.yaml use (accepted and ignored), and
+/// the pipe `tsinit up` hands `tsinit run`.
+const OTHER_VARS: [&str; 4] = [
+    "TSINIT_CONFIG",
+    crate::logging::ENV,
+    "TSINIT_IMAGE",
+    crate::detached::READY_FD,
+];
 
 /// Checks the environment's names and values before anything is read from it: a
 /// TSINIT_* variable that is no setting (a misspelt one would be ignored silently), or

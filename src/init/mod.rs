@@ -174,6 +174,7 @@ impl Init {
             signals: self.signals.for_child(),
             foreground: false,
             drop_caps: false,
+            die_with_parent: true,
         }
     }
 
@@ -232,6 +233,7 @@ impl Init {
             signals: self.signals.for_child(),
             foreground: true,
             drop_caps: drop_net_caps,
+            die_with_parent: false,
         };
         sys::prepare_child(&mut cmd, setup);
         let pid = self.spawn(&mut cmd).map_err(|source| Error::Spawn {
