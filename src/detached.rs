@@ -22,7 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::config::Config;
 use crate::error::{EXIT_UNAVAILABLE, Error};
 use crate::init::setup_error;
-use crate::tailscaled::prepare::LOCK_FILE;
+use crate::tailscaled::prepare::{LOCK_FILE, SERVICE};
 
 /// The variable that hands `tsinit run` the pipe on which it tells `tsinit up` how it
 /// goes: "locked" once it holds the state lock, then "up ..." or "failed: ...".
@@ -203,6 +203,16 @@ pub fn down(config: &Config) -> Result<i32, Error> {
         say("tsinit is not running\n");
         return Ok(0);
     };
+    // Only a `tsinit run` (its lock file says so): a tsinit with a workload (the
+    // container's PID 1) is stopped with its container.
+    let holder = std::fs::read_to_string(config.tailscale.state_dir.join(LOCK_FILE));
+    if !holder.is_ok_and(|h| h.trim_end().ends_with(SERVICE)) {
+        say(&format!(
+            "tsinit (pid {pid}) runs a workload, not just tailscale: stop it (or its \
+             container) instead\n"
+        ));
+        return Ok(1);
+    }
     let gone = crate::sys::pidfd(pid).map_err(setup_error("watch tsinit"))?;
     crate::sys::kill(pid, libc::SIGTERM).map_err(setup_error("stop tsinit"))?;
     let mut fds = [PollFd::new(gone.as_fd(), PollFlags::POLLIN)];

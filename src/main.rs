@@ -87,7 +87,7 @@ fn run(args: Vec<OsString>) -> i32 {
     debug!("configuration: {config:?}");
 
     // 3. Preflight: decide whether and how tailscaled runs (kernel or userspace).
-    let prepared = match tailscaled::prepare(&config, &env) {
+    let prepared = match tailscaled::prepare(&config, &env, run_args.program.is_empty()) {
         Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };

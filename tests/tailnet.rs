@@ -1058,7 +1058,9 @@ fn tsinit_run_keeps_tailscale_up_alone_until_a_signal() {
 fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
     let net = Tailnet::new("detached");
     let script = r#"
-        procs() { for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done; }
+        # Command lines, without the interpreter qemu-user adds in the arm64 pass.
+        procs() { for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done |
+                  sed 's/^[^ ]*qemu-aarch64[^ ]* //'; }
         count() { procs | grep -c "$1"; }
         gone() { end=$(( $(date +%s) + 20 )); while [ "$(count "$1")" != 0 ]; do
                    [ "$(date +%s)" -lt "$end" ] || { echo "$1 still runs"; exit 9; }; sleep 0.05; done; }
@@ -1075,6 +1077,15 @@ fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
         "$TSINIT" down
         gone '^[^ ]*tsinit run'; gone '^[^ ]*tailscaled '
         "$TSINIT" down
+        # A tsinit with a workload is not stopped by `down`.
+        "$TSINIT" -- sleep 600 & w=$!
+        end=$(( $(date +%s) + 20 ))
+        until out=$("$TSINIT" down); [ $? = 1 ]; do
+            [ "$(date +%s)" -lt "$end" ] || { echo "the workload's tsinit never locked"; exit 12; }
+            sleep 0.05
+        done
+        echo "$out"
+        kill "$w"; wait "$w"; echo "workload tsinit exited $?"
     "#;
     let mut cmd = net.ns.cmd("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
@@ -1098,6 +1109,8 @@ fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
         "after kill: supervisors 1\n",
         "stopped tsinit (pid ",
         "tsinit is not running\n",
+        "runs a workload, not just tailscale: stop it (or its container) instead\n",
+        "workload tsinit exited 143\n",
     ] {
         assert!(
             out.contains(line),

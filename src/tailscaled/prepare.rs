@@ -38,6 +38,7 @@ pub struct Prepared {
 pub fn prepare(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
+    service: bool,
 ) -> Result<Option<Prepared>, Error> {
     let t = &config.tailscale;
     if t.enabled == Enabled::No {
@@ -194,7 +195,7 @@ pub fn prepare(
     if config.hosts.enabled {
         check_hosts_path(&config.hosts.path)?;
     }
-    let lock = lock_state_dir(&t.state_dir, &hostname)?;
+    let lock = lock_state_dir(&t.state_dir, &hostname, service)?;
     refuse_live_socket(&t.socket)?;
     Ok(Some(Prepared {
         lock,
@@ -235,13 +236,20 @@ fn credential_secrets(all: &[SecretArg]) -> Result<Vec<SecretArg>, Error> {
     Ok(out)
 }
 
+/// How the lock file says that its holder is a `tsinit run` (tailscale alone).
+pub const SERVICE: &str = " (tsinit run)";
+
 /// The file in the state directory that tsinit holds locked while it runs.
 pub const LOCK_FILE: &str = "tsinit.lock";
 
 /// Locks the state directory for this tsinit's lifetime: a second tsinit (a second
 /// replica on the same volume, an old container still running) would otherwise start a
 /// second tailscaled with the same node key. The lock file names its holder.
-fn lock_state_dir(dir: &Path, hostname: &str) -> Result<nix::fcntl::Flock<File>, Error> {
+fn lock_state_dir(
+    dir: &Path,
+    hostname: &str,
+    service: bool,
+) -> Result<nix::fcntl::Flock<File>, Error> {
     use nix::fcntl::{Flock, FlockArg};
     let path = dir.join(LOCK_FILE);
     let failed = |e: &dyn std::fmt::Display| {
@@ -274,7 +282,8 @@ fn lock_state_dir(dir: &Path, hostname: &str) -> Result<nix::fcntl::Flock<File>,
         }
         Err((_, e)) => return Err(failed(&e)),
     };
-    let me = format!("pid {} in {hostname}\n", std::process::id());
+    let role = if service { SERVICE } else { "" };
+    let me = format!("pid {} in {hostname}{role}\n", std::process::id());
     let written = lock
         .set_len(0)
         .and_then(|()| lock.rewind())
