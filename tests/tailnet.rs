@@ -1133,3 +1133,60 @@ fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
     let log = std::fs::read_to_string(net.dir.path().join("state/tsinit.log")).unwrap();
     assert!(!log.contains(KEY), "{log}");
 }
+
+/// A sandbox whose /dev/net/tun opens but cannot make an interface (gVisor; here a user
+/// namespace that does not own the network namespace: preflight sees CAP_NET_ADMIN and a
+/// usable device, tailscaled then gets EPERM making tailscale0): with networking = "auto"
+/// tsinit starts tailscaled again in userspace mode, with the banner, and the node comes
+/// up; with "kernel" the failure stays a failure.
+#[test]
+fn auto_networking_falls_back_when_kernel_mode_tailscaled_cannot_start() {
+    let net = Tailnet::new("tun-eperm");
+    let run = |networking: &str| {
+        let mut cmd = net.ns.cmd("unshare");
+        cmd.args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .arg("--kill-child=SIGKILL")
+        .arg(common::tsinit_bin())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo \"ALL_PROXY=$ALL_PROXY\"; \"$TSINIT\" status",
+        ]);
+        common::tailscale_env(&mut cmd, net.dir.path());
+        common::login_env(&mut cmd, net.control.url());
+        cmd.env("TS_AUTHKEY", KEY)
+            .env("TSINIT_NETWORKING", networking);
+        let mut r = Running::start(cmd);
+        r.code();
+        r
+    };
+    let mut r = run("auto");
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let (out, err) = (r.stdout(), r.stderr());
+    assert!(
+        out.contains("ALL_PROXY=socks5h://localhost:1055\n"),
+        "{out}"
+    );
+    assert!(out.contains("state: Running"), "{out}");
+    assert!(
+        out.contains("networking: userspace (tailscaled could not start in kernel mode"),
+        "{out}"
+    );
+    assert!(
+        err.contains("USERSPACE networking mode. Why: tailscaled could not start in kernel mode"),
+        "{err}"
+    );
+    assert!(err.contains("operation not permitted"), "{err}");
+
+    let mut r = run("kernel");
+    assert_eq!(r.code(), 69, "{}", r.stderr());
+    assert!(r.stderr().contains("tstun.New"), "{}", r.stderr());
+    assert!(!r.stderr().contains("USERSPACE"), "{}", r.stderr());
+}

@@ -115,6 +115,9 @@ pub struct Tailscaled {
     bringup_from: Option<Instant>,
     /// The symlink at the CLI's default socket path, made by [`prepare::link_socket`].
     socket_link: Option<std::path::PathBuf>,
+    /// networking = "auto" chose kernel mode: if tailscaled cannot make its TUN device
+    /// after all, it is started again in userspace mode (once).
+    may_fall_back: bool,
 }
 
 impl Tailscaled {
@@ -158,6 +161,7 @@ impl Tailscaled {
             stats: Stats::default(),
             bringup_from: None,
             socket_link: None,
+            may_fall_back: config.networking == config::Networking::Auto,
         })
     }
 
@@ -205,6 +209,10 @@ impl Tailscaled {
             {
                 let lines = d.last_lines(LOG_END_WAIT);
                 self.lost_daemon();
+                if self.fall_back(&lines) {
+                    self.begin(init).map_err(BringupError::Failed)?;
+                    continue;
+                }
                 return Err(BringupError::Failed(format!(
                     "tailscaled exited ({}) before it was ready; its last lines:\n{lines}",
                     describe(exit)
@@ -367,6 +375,32 @@ impl Tailscaled {
         self.retry_at = Some(Instant::now() + backoff);
         self.retrying = true;
         warn!("retrying tailscale in {}", duration::format(backoff));
+    }
+
+    /// With networking = "auto", a kernel-mode tailscaled that could not make its TUN
+    /// device (`lines`, the end of its log, say so) although preflight found it usable
+    /// (a sandbox such as gVisor, or a user namespace without the network's capability):
+    /// userspace mode from now on, with the banner. Whether it falls back.
+    fn fall_back(&mut self, lines: &str) -> bool {
+        let tun_failed = lines.contains("tstun.New") || lines.contains("CreateTUN");
+        if !self.may_fall_back || self.p.userspace || !tun_failed {
+            return false;
+        }
+        self.may_fall_back = false;
+        // The error itself: the last line that has one, without its timestamp.
+        let why = (lines.lines().rev())
+            .find(|l| l.contains("error"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .map(|w| &l[l.find(w).unwrap_or(0)..])
+            })
+            .unwrap_or("tailscaled could not create its TUN device");
+        let why = format!("tailscaled could not start in kernel mode ({why})");
+        prepare::userspace_banner(&why, &self.cfg);
+        self.p.userspace = true;
+        self.p.mode_note = format!("userspace ({why})");
+        true
     }
 
     /// Answers the health and metrics endpoint's requests that are ready.

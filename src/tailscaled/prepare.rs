@@ -363,7 +363,7 @@ fn problems(report: &preflight::Report, names: &[&str]) -> String {
         .join("; ")
 }
 
-fn userspace_banner(why: &str, t: &config::Tailscale) {
+pub(crate) fn userspace_banner(why: &str, t: &config::Tailscale) {
     let rule = "-".repeat(72);
     warn!(
         "{rule}\n\
