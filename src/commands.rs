@@ -116,7 +116,7 @@ fn preflight(args: &[OsString]) -> Result<i32, Error> {
     let config = load(&opts)?;
     let path_env = std::env::var("PATH").unwrap_or_default();
     let hostname = tailscaled::system_hostname();
-    let report = tailscaled::run_preflight(&config, false, &path_env, &hostname);
+    let report = tailscaled::run_preflight(&config, false, &path_env, &hostname, true);
     // Not PID 1 here: asking the binaries for their version is harmless.
     let versions: Vec<(&str, String)> = [
         ("tailscaled", &report.tailscaled),

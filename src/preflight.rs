@@ -64,6 +64,10 @@ pub struct Inputs<'a> {
     pub tailscaled: Option<&'a Path>,
     pub tailscale: Option<&'a Path>,
     pub path_env: &'a str,
+    /// Asked by someone else than tsinit (`tsinit preflight`, maybe as a non-root user):
+    /// a capability the container grants (its bounding set) counts, as tsinit running as
+    /// root holds it.
+    pub on_behalf: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,8 +96,18 @@ pub fn run(inputs: &Inputs) -> Report {
     let tailscale = resolve("tailscale", inputs.tailscale, inputs.path_env);
     let checks = vec![
         verdict("tun", tun(inputs.tun_path, inputs.may_mknod)),
-        check_cap("net_admin", Capability::CAP_NET_ADMIN, Outcome::Fail),
-        check_cap("net_raw", Capability::CAP_NET_RAW, Outcome::Warn),
+        check_cap(
+            "net_admin",
+            Capability::CAP_NET_ADMIN,
+            Outcome::Fail,
+            inputs.on_behalf,
+        ),
+        check_cap(
+            "net_raw",
+            Capability::CAP_NET_RAW,
+            Outcome::Warn,
+            inputs.on_behalf,
+        ),
         check_state_dir(inputs.state_dir, inputs.mountinfo, inputs.hostname),
         verdict("binaries", binaries(&tailscaled, &tailscale)),
     ];
@@ -223,15 +237,23 @@ fn create_tun(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, Permissions::from_mode(0o666))
 }
 
-fn check_cap(name: &'static str, cap: Capability, missing: Outcome) -> Check {
+fn check_cap(name: &'static str, cap: Capability, missing: Outcome, on_behalf: bool) -> Check {
     let flag = name.to_ascii_uppercase();
     let fix = format!("--cap-add {flag} (compose: `cap_add: [{flag}]`)");
     let why = match missing {
         Outcome::Fail => "tailscaled cannot create its interface or set routes",
         _ => "tailscaled runs without it, but some of its features need raw sockets",
     };
+    let granted = || caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false);
     let (outcome, detail) = match caps::has_cap(None, CapSet::Effective, cap) {
         Ok(true) => (Outcome::Ok, format!("{cap} is in the effective set")),
+        Ok(false) if on_behalf && !nix::unistd::geteuid().is_root() && granted() => (
+            Outcome::Ok,
+            format!(
+                "{cap} is granted to the container (in the bounding set); this user is not \
+                 root and does not hold it, tsinit as root does"
+            ),
+        ),
         Ok(false) => (missing, format!("{cap} is not in the effective set: {why}")),
         Err(e) => (missing, format!("cannot read the capability sets: {e}")),
     };
@@ -556,6 +578,7 @@ mod tests {
             tailscaled: None,
             tailscale: None,
             path_env: &path_env,
+            on_behalf: false,
         });
         let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
         let all = ["tun", "net_admin", "net_raw", "state_dir", "binaries"];

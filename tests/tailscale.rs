@@ -496,3 +496,33 @@ fn a_dying_tailscaleds_last_line_is_in_the_error_however_much_it_logged() {
         "{report}"
     );
 }
+
+/// `tsinit preflight` run by a non-root user (a dev container's remote user, in a shell
+/// from `docker exec`): the capabilities the container grants (its bounding set) are
+/// not in that user's effective set, but tsinit as root holds them, so they count.
+#[test]
+fn preflight_by_a_non_root_user_counts_what_the_container_grants() {
+    let dir = TempDir::new("preflight-user");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .arg(common::tsinit_bin())
+        .arg("preflight")
+        .env("TSINIT_TAILSCALE_STATE_DIR", dir.path().join("state"))
+        .output()
+        .expect("run setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line: {text}"))
+            .to_string()
+    };
+    for name in ["net_admin", "net_raw"] {
+        let l = line(name);
+        assert!(l.trim_start().starts_with("ok"), "{l}\n{text}");
+        assert!(
+            l.contains("granted to the container (in the bounding set)"),
+            "{l}"
+        );
+    }
+}

@@ -69,7 +69,7 @@ pub fn prepare(
     }
     let hostname = system_hostname();
     let may_mknod = config.networking != Networking::Userspace;
-    let report = run_preflight(config, may_mknod, &path_env, &hostname);
+    let report = run_preflight(config, may_mknod, &path_env, &hostname, false);
     let (Some(tailscaled), Some(tailscale)) = (report.tailscaled.clone(), report.tailscale.clone())
     else {
         return Err(Error::Unavailable(format!(
@@ -330,6 +330,7 @@ pub fn run_preflight(
     may_mknod: bool,
     path_env: &str,
     hostname: &str,
+    on_behalf: bool,
 ) -> preflight::Report {
     let t = &config.tailscale;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -342,6 +343,7 @@ pub fn run_preflight(
         tailscaled: t.tailscaled.as_deref(),
         tailscale: t.tailscale.as_deref(),
         path_env,
+        on_behalf,
     })
 }
 
