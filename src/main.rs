@@ -133,7 +133,11 @@ fn run(args: Vec<OsString>) -> i32 {
             }
             Err(BringupError::Failed(why)) if on_failure == OnFailure::Continue => {
                 detached::tell(&mut ready, &format!("failed: {}", why.replace('\n', "; ")));
-                warn!("{why}\nstarting the workload anyway (on_failure = \"continue\")");
+                let then = match run_args.program.is_empty() {
+                    true => "going on",
+                    false => "starting the workload anyway",
+                };
+                warn!("{why}\n{then} (on_failure = \"continue\"), retrying in the background");
                 t.retry_later();
             }
             Err(BringupError::Failed(why)) => {
