@@ -681,14 +681,17 @@ fn http(ns: &NetNs, method: &str, path: &str, max_secs: u32) -> Option<(u16, Str
 
 /// The pid of the tailscaled tsinit (the PID 1 of `r`) runs.
 fn tailscaled_of(r: &Running) -> i32 {
-    let pid1 = r.pid1_pid();
-    common::children_of(pid1)
+    tailscaled_under(r.pid1_pid()).expect("tsinit runs tailscaled")
+}
+
+/// The pid of the tailscaled tsinit `tsinit` runs, if one runs.
+fn tailscaled_under(tsinit: i32) -> Option<i32> {
+    common::children_of(tsinit)
         .into_iter()
         .map(|(pid, _)| pid)
         .find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "tailscaled\n")
         })
-        .expect("tsinit runs tailscaled")
 }
 
 /// The official image's /healthz and /metrics, served by tsinit: 503 before the node is
@@ -1018,15 +1021,7 @@ fn tsinit_run_keeps_tailscale_up_alone_until_a_signal() {
         .map(|(pid, _)| pid)
         .next()
         .expect("the shell runs tsinit");
-    let daemon = || {
-        common::children_of(tsinit)
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c == "tailscaled\n")
-            })
-    };
+    let daemon = || tailscaled_under(tsinit);
     let first = daemon().expect("tailscaled runs");
     Running::kill(first, libc::SIGKILL);
     wait_until(Duration::from_secs(30), "tailscaled started again", || {

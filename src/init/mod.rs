@@ -306,29 +306,24 @@ impl Init {
     /// Forwards signals to the workload and reaps every child, tending `services`
     /// between wake-ups, until the workload exits; returns how it ended.
     pub fn supervise(&mut self, services: &mut dyn Service) -> Exit {
-        loop {
-            if let Some(exit) = self.workload_exit {
-                return exit;
-            }
-            services.tend(self);
-            if let Some(exit) = self.workload_exit {
-                return exit;
-            }
-            let deadline = services.deadline();
-            self.pump_rw(deadline, &services.fds(), &services.write_fds());
-        }
+        self.tend_until(services, |init| init.workload_exit)
     }
 
     /// With no workload (`tsinit run`): tends `services` and reaps every child until a
     /// stop signal arrives; returns it.
     pub fn serve(&mut self, services: &mut dyn Service) -> c_int {
+        self.tend_until(services, |init| init.stop)
+    }
+
+    /// Tends `services` and waits for what comes next, until `ended` says what ended it.
+    fn tend_until<T>(&mut self, services: &mut dyn Service, ended: fn(&Init) -> Option<T>) -> T {
         loop {
-            if let Some(sig) = self.stop {
-                return sig;
+            if let Some(end) = ended(self) {
+                return end;
             }
             services.tend(self);
-            if let Some(sig) = self.stop {
-                return sig;
+            if let Some(end) = ended(self) {
+                return end;
             }
             let deadline = services.deadline();
             self.pump_rw(deadline, &services.fds(), &services.write_fds());
