@@ -1185,3 +1185,50 @@ fn auto_networking_falls_back_when_kernel_mode_tailscaled_cannot_start() {
     assert!(r.stderr().contains("tstun.New"), "{}", r.stderr());
     assert!(!r.stderr().contains("USERSPACE"), "{}", r.stderr());
 }
+
+/// A Sprite-like restore: processes gone, the state directory and the hosts file rewound
+/// to a copy taken earlier (after the first login). `tsinit up --wait` brings the same
+/// node back, without registering again, and the hosts block is written afresh.
+#[test]
+fn tsinit_up_after_a_restore_brings_the_same_node_back() {
+    let net = Tailnet::new("restore");
+    let script = r#"
+        "$TSINIT" up --wait > /dev/null || exit 10
+        "$TSINIT" down > /dev/null
+        cp -a "$STATE" "$STATE.snapshot"; cp "$HOSTS" "$HOSTS.snapshot"
+        "$TSINIT" up --wait > /dev/null || exit 11
+        pid=$("$TSINIT" up | sed -n 's/.*(pid \([0-9]*\)).*/\1/p')
+        # The restore: every process gone at once, files rewound.
+        kill -9 "$pid"
+        end=$(( $(date +%s) + 20 ))
+        while for p in /proc/[0-9]*; do cat $p/comm 2>/dev/null; done | grep -qx tailscaled; do
+            [ "$(date +%s)" -lt "$end" ] || { echo "tailscaled still runs"; exit 9; }; sleep 0.05
+        done
+        rm -rf "$STATE"; cp -a "$STATE.snapshot" "$STATE"; cp "$HOSTS.snapshot" "$HOSTS"
+        "$TSINIT" up --wait || exit 12
+        "$TSINIT" status | grep '^state:'
+        grep -q ' tsinit-test.tail.example ' "$HOSTS" && echo "the hosts block lists the node"
+        "$TSINIT" down > /dev/null
+    "#;
+    let mut cmd = net.ns.cmd("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+        .args(["sh", "-c", script]);
+    common::tailscale_env(&mut cmd, net.dir.path());
+    common::login_env(&mut cmd, net.control.url());
+    cmd.env("TS_AUTHKEY", KEY)
+        .env("TSINIT_NETWORKING", "userspace")
+        .env("STATE", net.dir.path().join("state"))
+        .env("HOSTS", common::test_hosts_file(net.dir.path()));
+    let mut r = Running::start(cmd);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let out = r.stdout();
+    assert!(out.contains("\nup\nstate: Running\n"), "{out}");
+    assert!(out.contains("the hosts block lists the node\n"), "{out}");
+    assert_eq!(net.control.register_count(), 1, "the same node: {out}");
+    assert_eq!(net.control.nodes().len(), 1);
+    assert!(
+        net.hosts().contains("(0 names,"),
+        "emptied by down: {}",
+        net.hosts()
+    );
+}
