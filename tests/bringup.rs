@@ -805,6 +805,23 @@ fn row10c_a_resumed_login_falling_to_needs_login_logs_in_again_with_the_key() {
     });
 }
 
+/// The same when tailscaled already reports NeedsLogin for the saved login (control
+/// refused it before tsinit looked): the same one login, the same warning.
+#[test]
+fn row10d_a_saved_login_already_refused_logs_in_again_with_the_key() {
+    check(Row {
+        name: "refused-relogin",
+        scenario: json!({
+            "state": "NeedsLogin", "logged_in": true, "prefs": in_step(json!({})),
+            "cli": up_reaches_running(), "expect_key": KEY,
+        }),
+        env: vec![("TS_AUTHKEY", KEY)],
+        calls: vec![(up_with_key(), Some("matches"))],
+        says: vec!["control refused the saved login", "tailscale up as web"],
+        ..Row::default()
+    });
+}
+
 /// The workload's lines on stdout that say it got SIGUSR1.
 fn usr1_seen(r: &Running) -> usize {
     r.stdout().lines().filter(|l| *l == "usr1").count()

@@ -146,10 +146,7 @@ impl Tailscaled {
                 // The saved login was refused: the node is gone at control. Logged in
                 // again, once, with what tsinit was given to log in with.
                 Some(BackendState::NeedsLogin) if flow.starting && self.can_log_in() => {
-                    warn!(
-                        "control refused the saved login (the node was deleted, or was \
-                         ephemeral and removed while offline): logging in again as a new node"
-                    );
+                    warn!("{REFUSED}");
                     let flow = Flow {
                         starting: false,
                         ..flow
@@ -367,7 +364,13 @@ impl Tailscaled {
                 self.run_set(set, init, flow)
             }
             Plan::Set(args) => self.run_set(args, init, flow),
-            Plan::Up { args, needs_key } => self.run_up(args, needs_key, init, flow),
+            Plan::Up { args, needs_key } => {
+                // Logged out by control, not by anyone here: the node is gone there.
+                if state == BackendState::NeedsLogin && prefs.saved_login() && self.can_log_in() {
+                    warn!("{REFUSED}");
+                }
+                self.run_up(args, needs_key, init, flow)
+            }
             Plan::NeedsApproval => Err(Failure::NeedsApproval),
             Plan::Unexpected(state) => Err(Failure::Unexpected(state)),
         }
@@ -522,6 +525,10 @@ fn with_health(failure: Failure, health: String) -> Failure {
         other => other,
     }
 }
+
+/// Said when control refuses a saved login and tsinit logs in again.
+const REFUSED: &str = "control refused the saved login (the node was deleted, or was \
+    ephemeral and removed while offline): logging in again as a new node";
 
 /// What a bring-up carries from its decision to its end.
 #[derive(Clone, Copy, Debug, Default)]
