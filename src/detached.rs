@@ -71,8 +71,16 @@ pub fn up(
     wait: Option<Duration>,
 ) -> Result<i32, Error> {
     let dir = &config.tailscale.state_dir;
-    std::fs::create_dir_all(dir).map_err(setup_error("create the state directory"))?;
-    let turn = File::create(dir.join(UP_LOCK)).map_err(setup_error("take tsinit up's lock"))?;
+    let denied = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::Unavailable(format!(
+            "cannot write to the state directory {}: tsinit up starts tailscaled, so run it \
+             as root (e.g. with sudo), or give a state directory this user may write",
+            dir.display()
+        )),
+        _ => setup_error("prepare the state directory")(e),
+    };
+    std::fs::create_dir_all(dir).map_err(denied)?;
+    let turn = File::create(dir.join(UP_LOCK)).map_err(denied)?;
     let _turn = Flock::lock(turn, FlockArg::LockExclusive)
         .map_err(|(_, e)| setup_error("take tsinit up's lock")(e.into()))?;
     if let Some(pid) = supervisor(config) {

@@ -526,3 +526,21 @@ fn preflight_by_a_non_root_user_counts_what_the_container_grants() {
         );
     }
 }
+
+/// `tsinit up` by a user who may not write the state directory: one clear error (it
+/// starts tailscaled: root, or a directory of the user's own), and nothing started.
+#[test]
+fn tsinit_up_by_a_user_without_the_state_directory_says_what_to_do() {
+    let dir = TempDir::new("up-user");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .arg(common::tsinit_bin())
+        .arg("up")
+        .env("TSINIT_TAILSCALE_STATE_DIR", dir.path().join("state"))
+        .output()
+        .expect("run setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("run it as root (e.g. with sudo)"), "{err}");
+    assert!(!dir.path().join("state").exists());
+}
