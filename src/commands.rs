@@ -38,26 +38,33 @@ fn flush() {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-/// The file, beside the LocalAPI socket, where tsinit notes the networking mode and why.
-fn mode_file(config: &Config) -> PathBuf {
-    let dir = config.tailscale.socket.parent().unwrap_or(Path::new("/"));
-    dir.join("tsinit.mode")
-}
-
 struct Options {
     json: bool,
     config: Option<PathBuf>,
+    /// `--wait[=DURATION]` (`tsinit up`).
+    wait: Option<std::time::Duration>,
 }
 
-fn options(args: &[OsString], allow_json: bool) -> Result<Options, Error> {
+/// The subcommand's options: `-c PATH`, and of `extra` (`--json`, `--wait`) those it has.
+fn options(args: &[OsString], extra: &[&str]) -> Result<Options, Error> {
     let mut opts = Options {
         json: false,
         config: None,
+        wait: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        let text = arg.to_str().unwrap_or_default();
+        let (name, value) = text.split_once('=').unwrap_or((text, ""));
         match arg.to_str() {
-            Some("--json") if allow_json => opts.json = true,
+            Some("--json") if extra.contains(&"--json") => opts.json = true,
+            Some(_) if name == "--wait" && extra.contains(&"--wait") => {
+                opts.wait = Some(match text.contains('=') {
+                    true => crate::duration::parse(value)
+                        .map_err(|e| Error::Usage(format!("`{text}`: {e}")))?,
+                    false => crate::detached::WAIT,
+                });
+            }
             Some("-c") | Some("--config") => {
                 let path = it
                     .next()
@@ -86,15 +93,10 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
     let result = match name {
         "preflight" => preflight(args),
         "status" => status(args),
-        "up" => crate::detached::wait_option(args).and_then(|(wait, rest)| {
-            let opts = options(&rest, false)?;
-            let config = load(&opts)?;
-            crate::detached::up(&config, opts.config.as_deref(), wait)
-        }),
-        "down" => options(args, false).and_then(|opts| crate::detached::down(&load(&opts)?)),
-        "shellenv" => options(args, false)
-            .map(|opts| load(&opts).map(|c| crate::detached::env(&c)))
-            .and_then(|r| r),
+        "up" => options(args, &["--wait"])
+            .and_then(|opts| crate::detached::up(&load(&opts)?, opts.config.as_deref(), opts.wait)),
+        "down" => options(args, &[]).and_then(|opts| crate::detached::down(&load(&opts)?)),
+        "shellenv" => options(args, &[]).and_then(|opts| Ok(crate::detached::env(&load(&opts)?))),
         _ => Err(Error::Usage(format!("unknown subcommand `{name}`"))),
     };
     flush();
@@ -112,7 +114,7 @@ pub fn run(name: &str, args: &[OsString]) -> i32 {
 }
 
 fn preflight(args: &[OsString]) -> Result<i32, Error> {
-    let opts = options(args, true)?;
+    let opts = options(args, &["--json"])?;
     let config = load(&opts)?;
     let path_env = std::env::var("PATH").unwrap_or_default();
     let hostname = tailscaled::system_hostname();
@@ -164,7 +166,7 @@ fn version(binary: &Path) -> Option<String> {
 }
 
 fn status(args: &[OsString]) -> Result<i32, Error> {
-    let opts = options(args, false)?;
+    let opts = options(args, &[])?;
     let config = load(&opts)?;
     let socket = &config.tailscale.socket;
     let api = LocalApi::new(socket, Some(std::time::Duration::from_secs(5)));
@@ -175,7 +177,7 @@ fn status(args: &[OsString]) -> Result<i32, Error> {
             return Ok(1);
         }
     };
-    let mode = std::fs::read_to_string(mode_file(&config))
+    let mode = std::fs::read_to_string(tailscaled::daemon::mode_file(socket))
         .map(|m| m.trim().to_string())
         .unwrap_or_else(|_| if status.tun { "kernel" } else { "userspace" }.to_string());
     let name = status

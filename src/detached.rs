@@ -1,6 +1,6 @@
 //! Where tsinit cannot be PID 1: `tsinit up` starts `tsinit run` in the background (once,
-//! however many shells ask at the same time), `tsinit down` stops it, `tsinit env` says
-//! what a shell needs to reach the tailnet the way a workload would.
+//! however many shells ask at the same time), `tsinit down` stops it, `tsinit shellenv`
+//! says what a shell needs to reach the tailnet the way a workload would.
 //!
 //! A supervisor holds the state directory's lock while it lives (see
 //! `tailscaled::prepare`), so whether one runs is read from the kernel's table of locks,
@@ -242,25 +242,17 @@ pub fn down(config: &Config) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// `tsinit env`: `export` lines for a shell that tsinit did not start: the socket, and
-/// with userspace networking the proxy, as the workload gets them.
+/// `tsinit shellenv`: `export` lines for a shell that tsinit did not start: the
+/// variables the workload gets (the socket; with userspace networking, as the running
+/// supervisor noted, the proxy).
 pub fn env(config: &Config) -> i32 {
     let t = &config.tailscale;
-    let mut out = format!(
-        "export TS_SOCKET={}\n",
-        quoted(&t.socket.display().to_string())
-    );
     let mode = std::fs::read_to_string(crate::tailscaled::daemon::mode_file(&t.socket));
-    if mode.is_ok_and(|m| m.starts_with("userspace")) {
-        let socks = quoted(&format!("socks5h://{}", t.socks5_server));
-        out.push_str(&format!("export ALL_PROXY={socks} all_proxy={socks}\n"));
-        if t.export_proxy_env {
-            let http = quoted(&format!("http://{}", t.http_proxy));
-            for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                out.push_str(&format!("export {var}={http}\n"));
-            }
-        }
-    }
+    let userspace = mode.is_ok_and(|m| m.starts_with("userspace"));
+    let out: String = crate::tailscaled::workload_vars(t, userspace)
+        .iter()
+        .map(|(name, value)| format!("export {name}={}\n", quoted(value)))
+        .collect();
     say(&out);
     0
 }
@@ -283,25 +275,4 @@ pub fn tell(pipe: &mut Option<File>, line: &str) {
     if let Some(p) = pipe {
         p.write_all(format!("{line}\n").as_bytes()).ok();
     }
-}
-
-/// `--wait` or `--wait=DURATION` among `args`, and the other arguments.
-pub fn wait_option(
-    args: &[std::ffi::OsString],
-) -> Result<(Option<Duration>, Vec<std::ffi::OsString>), Error> {
-    let mut wait = None;
-    let mut rest = Vec::new();
-    for arg in args {
-        match arg.to_str() {
-            Some("--wait") => wait = Some(WAIT),
-            Some(a) if a.starts_with("--wait=") => {
-                let text = a.get("--wait=".len()..).unwrap_or_default();
-                let d = crate::duration::parse(text)
-                    .map_err(|e| Error::Usage(format!("`{a}`: {e}")))?;
-                wait = Some(d);
-            }
-            _ => rest.push(arg.clone()),
-        }
-    }
-    Ok((wait, rest))
 }

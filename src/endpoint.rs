@@ -36,6 +36,8 @@ pub struct Report<'a> {
     /// tailscaled's LocalAPI, for /metrics.
     pub socket: &'a Path,
     pub stats: &'a Stats,
+    /// Writes of the hosts block.
+    pub hosts_writes: u64,
 }
 
 /// tsinit's own numbers on /metrics.
@@ -43,8 +45,6 @@ pub struct Report<'a> {
 pub struct Stats {
     /// tailscaled processes started (the first one included).
     pub tailscaled_starts: u64,
-    /// Writes of the hosts block.
-    pub hosts_writes: u64,
     /// How long the last bring-up took, to Running with the hosts block written.
     pub bringup: Option<Duration>,
 }
@@ -325,7 +325,7 @@ fn metrics_text(theirs: Option<&[u8]>, report: &Report) -> Vec<u8> {
         ),
         (
             "hosts_writes_total counter Times tsinit rewrote its block of the hosts file.",
-            Some(u128::from(s.hosts_writes) * 1000),
+            Some(u128::from(report.hosts_writes) * 1000),
         ),
         (
             "bringup_seconds gauge How long the last bring-up took, from its start to the \
@@ -360,6 +360,7 @@ mod tests {
             healthy,
             socket: Path::new("/nonexistent/tsinit-test.sock"),
             stats,
+            hosts_writes: 7,
         }
     }
 
@@ -367,7 +368,6 @@ mod tests {
     fn answered(head: &str, healthy: bool, health: bool, metrics: bool) -> Option<String> {
         let stats = Stats {
             tailscaled_starts: 3,
-            hosts_writes: 7,
             bringup: Some(Duration::from_millis(1500)),
         };
         match answer(head.as_bytes(), &report(healthy, &stats), health, metrics)? {
@@ -435,7 +435,6 @@ mod tests {
     fn metrics_add_tsinits_own_to_tailscaleds() {
         let stats = Stats {
             tailscaled_starts: 3,
-            hosts_writes: 7,
             bringup: Some(Duration::from_millis(1500)),
         };
         let text = metrics_text(Some(b"tailscaled_x 1"), &report(true, &stats));

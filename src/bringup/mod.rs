@@ -409,9 +409,7 @@ impl Tailscaled {
     /// Whether tsinit can log the node in by itself: it has a key, another secret, or a
     /// client id the CLI mints a key with.
     fn can_log_in(&self) -> bool {
-        let minted = (self.p.desired.extra_up_args.iter())
-            .any(|a| a.trim_start_matches('-').starts_with("client-id="));
-        self.holds_secret() || minted
+        self.holds_secret() || self.p.mints
     }
 
     /// `tailscale set` with `args`.

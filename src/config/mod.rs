@@ -514,20 +514,13 @@ pub fn from_text(
             origin: "TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, TS_AUDIENCE".to_string(),
             message,
         })?;
+    // A flag given twice among the arguments is upflags::merge's to find; the secrets
+    // were taken out of them.
     let t = &mut config.tailscale;
-    let given = |flag: &str| {
-        t.up_secrets.iter().any(|s| s.flag == flag)
-            || t.extra_up_args.iter().any(|a| {
-                let a = a.trim_start_matches('-');
-                a.split('=').next() == Some(flag)
-            })
-    };
-    let twice = args
+    let twice = secrets
         .iter()
-        .filter_map(|a| a.split('=').next()?.strip_prefix("--"))
-        .chain(secrets.iter().map(|s| s.flag))
-        .find(|flag| given(flag));
-    if let Some(flag) = twice {
+        .find(|s| t.up_secrets.iter().any(|given| given.flag == s.flag));
+    if let Some(flag) = twice.map(|s| s.flag) {
         return Err(ConfigError {
             origin: "TS_EXTRA_ARGS".to_string(),
             message: format!(

@@ -940,7 +940,7 @@ fn containerboots_credential_variables_become_up_flags_and_secrets() {
         ),
         (
             &[("TS_CLIENT_ID", "i"), ("TS_EXTRA_ARGS", "--client-id=j")][..],
-            "--client-id is given",
+            "`--client-id` is given twice",
         ),
         (
             &[

@@ -79,6 +79,24 @@ pub enum BringupError {
     Failed(String),
 }
 
+/// The variables that tell a program how to reach the tailnet: the socket and, with
+/// userspace networking, the proxy (the workload's environment, `tsinit shellenv`).
+pub fn workload_vars(cfg: &config::Tailscale, userspace: bool) -> Vec<(&'static str, String)> {
+    let mut vars = vec![("TS_SOCKET", cfg.socket.display().to_string())];
+    if userspace {
+        let socks = format!("socks5h://{}", cfg.socks5_server);
+        vars.push(("ALL_PROXY", socks.clone()));
+        vars.push(("all_proxy", socks));
+        if cfg.export_proxy_env {
+            let http = format!("http://{}", cfg.http_proxy);
+            for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                vars.push((var, http.clone()));
+            }
+        }
+    }
+    vars
+}
+
 /// tailscaled and everything tsinit needs to run it.
 pub struct Tailscaled {
     pub(crate) p: Prepared,
@@ -168,22 +186,9 @@ impl Tailscaled {
     /// What the workload's environment gets: TS_SOCKET, the proxy variables in userspace
     /// mode.
     pub fn workload_env(&self) -> Vec<(String, Option<String>)> {
-        let mut env = vec![(
-            "TS_SOCKET".to_string(),
-            Some(self.cfg.socket.display().to_string()),
-        )];
-        if self.p.userspace {
-            let socks = format!("socks5h://{}", self.cfg.socks5_server);
-            env.push(("ALL_PROXY".to_string(), Some(socks.clone())));
-            env.push(("all_proxy".to_string(), Some(socks)));
-            if self.cfg.export_proxy_env {
-                let http = format!("http://{}", self.cfg.http_proxy);
-                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                    env.push((var.to_string(), Some(http.clone())));
-                }
-            }
-        }
-        env
+        let vars = workload_vars(&self.cfg, self.p.userspace).into_iter();
+        vars.map(|(name, value)| (name.to_string(), Some(value)))
+            .collect()
     }
 
     /// Whether the workload keeps CAP_NET_ADMIN/CAP_NET_RAW.
@@ -408,9 +413,6 @@ impl Tailscaled {
         let Some(endpoint) = &mut self.endpoint else {
             return;
         };
-        if let Some(h) = &self.hosts {
-            self.stats.hosts_writes = h.writes;
-        }
         let report = Report {
             healthy: self.view.state == Some(BackendState::Running)
                 && self
@@ -421,6 +423,7 @@ impl Tailscaled {
                     .is_some_and(|n| !n.addresses.is_empty()),
             socket: &self.cfg.socket,
             stats: &self.stats,
+            hosts_writes: self.hosts.as_ref().map_or(0, |h| h.writes),
         };
         endpoint.tend(&report);
     }

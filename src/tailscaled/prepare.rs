@@ -29,6 +29,8 @@ pub struct Prepared {
     pub key: Option<AuthKey>,
     /// `--client-secret`/`--id-token` from the extra `up` arguments.
     pub secrets: Vec<SecretArg>,
+    /// A client id or secret (OAuth, workload identity): the CLI mints a key at a login.
+    pub mints: bool,
     pub serve: ServeSetup,
 }
 
@@ -202,6 +204,7 @@ pub fn prepare(
         tailscaled,
         tailscale,
         secrets,
+        mints,
         userspace,
         mode_note,
         desired,
