@@ -87,6 +87,20 @@ impl Tailnet {
         (Running::start(cmd), go)
     }
 
+    /// `script` run by `sh` as the PID 1 of a PID namespace of its own (tsinit, started
+    /// by it, is no PID 1), with what a tsinit needs to log in with the key in userspace
+    /// networking.
+    fn shell(&self, script: &str) -> Command {
+        let mut cmd = self.ns.cmd("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
+            .args(["sh", "-c", script]);
+        common::tailscale_env(&mut cmd, self.dir.path());
+        common::login_env(&mut cmd, self.control.url());
+        cmd.env("TS_AUTHKEY", KEY)
+            .env("TSINIT_NETWORKING", "userspace");
+        cmd
+    }
+
     fn hosts(&self) -> String {
         std::fs::read_to_string(common::test_hosts_file(self.dir.path())).unwrap()
     }
@@ -853,18 +867,11 @@ fn an_endpoint_that_cannot_be_served_is_one_clear_error_before_the_workload() {
 /// logging in, with its socket elsewhere (the tests' default) and `script` as the
 /// workload; then what is left in /var/run/tailscale is printed.
 fn with_own_run(net: &Tailnet, prepare: &str, script: &str) -> Running {
-    let mut cmd = net.ns.cmd("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
-        .args(["sh", "-c"])
-        .arg(format!(
-            "mount -t tmpfs tmpfs /var/run && {prepare} \"$TSINIT\" -- sh -c \"$SCRIPT\"; \
-             echo \"exit $?; left: $(ls -A /var/run/tailscale)\""
-        ));
-    common::tailscale_env(&mut cmd, net.dir.path());
-    common::login_env(&mut cmd, net.control.url());
+    let mut cmd = net.shell(&format!(
+        "mount -t tmpfs tmpfs /var/run && {prepare} \"$TSINIT\" -- sh -c \"$SCRIPT\"; \
+         echo \"exit $?; left: $(ls -A /var/run/tailscale)\""
+    ));
     cmd.env("SCRIPT", script)
-        .env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "userspace")
         .env("TSINIT_TAILSCALE_SOCKET_LINK", "true");
     Running::start(cmd)
 }
@@ -998,14 +1005,7 @@ fn a_node_deleted_at_control_logs_in_again_with_the_key() {
 #[test]
 fn tsinit_run_keeps_tailscale_up_alone_until_a_signal() {
     let net = Tailnet::new("service");
-    let mut cmd = net.ns.cmd("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
-        .args(["sh", "-c", "\"$TSINIT\" run; echo \"tsinit run exited $?\""]);
-    common::tailscale_env(&mut cmd, net.dir.path());
-    common::login_env(&mut cmd, net.control.url());
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "userspace");
-    let mut r = Running::start(cmd);
+    let mut r = Running::start(net.shell("\"$TSINIT\" run; echo \"tsinit run exited $?\""));
     let listed = || {
         net.hosts()
             .contains(" tsinit-test.tail.example tsinit-test\n")
@@ -1082,14 +1082,7 @@ fn tsinit_up_starts_one_background_supervisor_and_down_stops_it() {
         echo "$out"
         kill "$w"; wait "$w"; echo "workload tsinit exited $?"
     "#;
-    let mut cmd = net.ns.cmd("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
-        .args(["sh", "-c", script]);
-    common::tailscale_env(&mut cmd, net.dir.path());
-    common::login_env(&mut cmd, net.control.url());
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "userspace");
-    let mut r = Running::start(cmd);
+    let mut r = Running::start(net.shell(script));
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let out = r.stdout();
     for line in [
@@ -1210,14 +1203,8 @@ fn tsinit_up_after_a_restore_brings_the_same_node_back() {
         grep -q ' tsinit-test.tail.example ' "$HOSTS" && echo "the hosts block lists the node"
         "$TSINIT" down > /dev/null
     "#;
-    let mut cmd = net.ns.cmd("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL"])
-        .args(["sh", "-c", script]);
-    common::tailscale_env(&mut cmd, net.dir.path());
-    common::login_env(&mut cmd, net.control.url());
-    cmd.env("TS_AUTHKEY", KEY)
-        .env("TSINIT_NETWORKING", "userspace")
-        .env("STATE", net.dir.path().join("state"))
+    let mut cmd = net.shell(script);
+    cmd.env("STATE", net.dir.path().join("state"))
         .env("HOSTS", common::test_hosts_file(net.dir.path()));
     let mut r = Running::start(cmd);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());

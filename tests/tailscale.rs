@@ -503,13 +503,7 @@ fn a_dying_tailscaleds_last_line_is_in_the_error_however_much_it_logged() {
 #[test]
 fn preflight_by_a_non_root_user_counts_what_the_container_grants() {
     let dir = TempDir::new("preflight-user");
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
-        .arg(common::tsinit_bin())
-        .arg("preflight")
-        .env("TSINIT_TAILSCALE_STATE_DIR", dir.path().join("state"))
-        .output()
-        .expect("run setpriv (util-linux)");
+    let out = as_user_1000("preflight", &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     let line = |name: &str| {
         text.lines()
@@ -532,15 +526,20 @@ fn preflight_by_a_non_root_user_counts_what_the_container_grants() {
 #[test]
 fn tsinit_up_by_a_user_without_the_state_directory_says_what_to_do() {
     let dir = TempDir::new("up-user");
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
-        .arg(common::tsinit_bin())
-        .arg("up")
-        .env("TSINIT_TAILSCALE_STATE_DIR", dir.path().join("state"))
-        .output()
-        .expect("run setpriv (util-linux)");
+    let out = as_user_1000("up", &dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(err.contains("run it as root (e.g. with sudo)"), "{err}");
     assert!(!dir.path().join("state").exists());
+}
+
+/// `tsinit <subcommand>` run by uid 1000 (setpriv), the state directory in `dir`.
+fn as_user_1000(subcommand: &str, dir: &TempDir) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .arg(common::tsinit_bin())
+        .arg(subcommand)
+        .env("TSINIT_TAILSCALE_STATE_DIR", dir.path().join("state"))
+        .output()
+        .expect("run setpriv (util-linux)")
 }
