@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod bringup;
+pub(crate) mod bytes;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::inplace::{last_line, padding_line, write_in_place};
 use std::time::SystemTime;
 
-use super::{BEGIN, END, Entry, Skip, render, without_shadowing};
+use super::{BEGIN, END, Entry, Skip, render_into, without_shadowing};
 
 /// Where a file's managed blocks are.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,10 +47,7 @@ pub fn split(content: &[u8]) -> Split {
     // Where the body of the block being read starts.
     let mut in_block: Option<usize> = None;
     while pos < content.len() {
-        let end = content[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(content.len(), |i| pos + i + 1);
+        let end = crate::bytes::find(content, pos, b'\n').map_or(content.len(), |i| i + 1);
         let line = &content[pos..end];
         // Marker lines start with '#': the others are told apart by one byte.
         let marker =
@@ -111,9 +108,36 @@ fn body_lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Whether two blocks list the same lines (padding and the BEGIN line aside), compared
-/// without copying them.
+/// without copying them: as a whole when neither has a comment line (padding is one),
+/// else line by line.
 fn same_body(a: &[u8], b: &[u8]) -> bool {
-    body_lines(a).eq(body_lines(b))
+    match (plain_body(a), plain_body(b)) {
+        (Some(a), Some(b)) => crate::bytes::equal(a, b),
+        _ => body_lines(a).eq(body_lines(b)),
+    }
+}
+
+/// The lines between a block's BEGIN line (one of its first two lines) and its END line
+/// (its last), if there is no '#' among them.
+fn plain_body(block: &[u8]) -> Option<&[u8]> {
+    let mut start = 0;
+    let mut begun = false;
+    for _ in 0..2 {
+        let rest = &block[start..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        start += len;
+        if line_is(&rest[..len], BEGIN, true) {
+            begun = true;
+            break;
+        }
+    }
+    let body = block.get(start..).filter(|_| begun)?;
+    let end = last_line(body);
+    let body = &body[..body.len() - end.len()];
+    (line_is(end, END, false) && !body.contains(&b'#')).then_some(body)
 }
 
 /// A padding line: '#', spaces, newline (see [`HostsFile::write`]).
@@ -170,6 +194,9 @@ pub struct HostsFile {
     /// between its open() and its write() for longer than several writes of the block
     /// is slow, not gone).
     replaced: Vec<(File, u64, std::time::Instant)>,
+    /// The file as last read, and the block last made (see [`write_with`]).
+    read_buf: Vec<u8>,
+    block_buf: String,
 }
 
 /// How long a replaced file is watched for lines still written to it.
@@ -184,6 +211,8 @@ impl HostsFile {
             in_place: None,
             reported: BTreeSet::new(),
             replaced: Vec::new(),
+            read_buf: Vec::new(),
+            block_buf: String::new(),
         }
     }
 
@@ -221,25 +250,40 @@ impl HostsFile {
     /// [`replace`] and [`write_in_place`] for how, and for the window that remains);
     /// a write that finds the file changed under it starts over.
     pub fn write(&mut self, block: &str) -> io::Result<Written> {
-        self.write_with(&mut |reported, outside| {
+        self.write_with(&mut |reported, outside, out| {
             let (block, skipped) = without_shadowing(block, outside);
             report(reported, skipped);
-            block
+            out.push_str(&block);
         })
     }
 
     /// Makes the file's block list `list` (as [`write`](HostsFile::write) would write its
     /// rendering), leaving out what would shadow a name without parsing any text again.
     pub fn write_entries(&mut self, list: &[Entry], now: SystemTime) -> io::Result<Written> {
-        self.write_with(&mut |reported, outside| {
+        self.write_with(&mut |reported, outside, out| {
             let (kept, skipped) = super::unshadowed(list, outside);
             report(reported, skipped);
-            render(kept.as_deref().unwrap_or(list), now)
+            render_into(out, kept.as_deref().unwrap_or(list), now);
         })
     }
 
     /// [`write`](HostsFile::write) with the block made by `make` from the lines outside it.
+    /// The file is read into, and the block made in, buffers kept from the last write: a
+    /// big tailnet's block is megabytes, and fresh memory is zeroed page by page.
     fn write_with(&mut self, make: &mut MakeBlock<'_>) -> io::Result<Written> {
+        let mut current = std::mem::take(&mut self.read_buf);
+        let mut block = std::mem::take(&mut self.block_buf);
+        let written = self.write_using(make, &mut current, &mut block);
+        (self.read_buf, self.block_buf) = (current, block);
+        written
+    }
+
+    fn write_using(
+        &mut self,
+        make: &mut MakeBlock<'_>,
+        current: &mut Vec<u8>,
+        block: &mut String,
+    ) -> io::Result<Written> {
         let target = std::fs::canonicalize(&self.path)?;
         for (old, seen, _) in &mut self.replaced {
             *seen = carry_over(old, *seen, &target)?;
@@ -248,9 +292,12 @@ impl HostsFile {
             .retain(|(_, _, at)| at.elapsed() < KEEP_REPLACED);
         for _ in 0..TRIES {
             let file = open_regular(&target, OpenOptions::new().read(true))?;
-            let current = read_all(&file)?;
-            let split = split(&current);
-            let block = make(&mut self.reported, &split.outside);
+            let len = read_into(&file, current)?;
+            let current = &current[..len];
+            let split = split(current);
+            block.clear();
+            make(&mut self.reported, &split.outside, block);
+            let block = &block[..];
             if split.blocks == 1
                 && split.first_block == split.outside.len()
                 && same_body(&current[split.first_block..], block.as_bytes())
@@ -259,7 +306,7 @@ impl HostsFile {
             }
             if !self.writes_in_place(&target) {
                 let desired = [&split.outside[..], block.as_bytes()];
-                match replace(&target, &file, &current, &desired)? {
+                match replace(&target, &file, current, &desired)? {
                     Replaced::Done(seen) => {
                         if self.replaced.len() >= MAX_REPLACED {
                             self.replaced.remove(0);
@@ -275,7 +322,7 @@ impl HostsFile {
                     }
                 }
             }
-            if write_in_place(&target, &current, &block)? {
+            if write_in_place(&target, current, block)? {
                 return Ok(Written::InPlace);
             }
         }
@@ -286,8 +333,9 @@ impl HostsFile {
     }
 }
 
-/// Makes a block from the lines outside it, noting what it leaves out in the set.
-type MakeBlock<'a> = dyn FnMut(&mut BTreeSet<(String, Skip)>, &[u8]) -> String + 'a;
+/// Makes a block from the lines outside it (into the string, empty when called), noting
+/// what it leaves out in the set.
+type MakeBlock<'a> = dyn FnMut(&mut BTreeSet<(String, Skip)>, &[u8], &mut String) + 'a;
 
 /// Logs each name left out once (per reason).
 fn report(reported: &mut BTreeSet<(String, Skip)>, skipped: Vec<super::Skipped>) {
@@ -327,18 +375,26 @@ pub(super) fn open_regular(path: &Path, opts: &mut OpenOptions) -> io::Result<Fi
 
 /// The whole content of `file`, read from its start.
 pub(super) fn read_all(file: &File) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let len = read_into(file, &mut out)?;
+    out.truncate(len);
+    Ok(out)
+}
+
+/// Reads the whole content of `file` from its start into `buf`, and says how long it is.
+/// `buf` is grown as needed and never shrunk, so it is zeroed only where it grows.
+fn read_into(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
     let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut out = vec![0u8; size + 1];
+    if buf.len() <= size {
+        buf.resize(size + 1, 0);
+    }
     let mut len = 0;
     loop {
-        if len == out.len() {
-            out.resize(len * 2 + 8192, 0);
+        if len == buf.len() {
+            buf.resize(len * 2 + 8192, 0);
         }
-        match file.read_at(&mut out[len..], len as u64) {
-            Ok(0) => {
-                out.truncate(len);
-                return Ok(out);
-            }
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => return Ok(len),
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -431,7 +487,7 @@ fn only_appended(old: &File, target: &Path, current: &[u8]) -> io::Result<bool> 
     while at < current.len() {
         let want = (current.len() - at).min(buf.len());
         now.read_exact_at(&mut buf[..want], at as u64)?;
-        if buf[..want] != current[at..at + want] {
+        if !crate::bytes::equal(&buf[..want], &current[at..at + want]) {
             return Ok(false);
         }
         at += want;

@@ -10,6 +10,7 @@ pub(crate) mod file;
 mod inplace;
 pub(crate) mod sync;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 
 pub use file::{HostsFile, Split, Written, apply, split};
 
+use crate::bytes;
 use crate::localapi::{BackendState, NetMap, Status};
 
 /// Start of the BEGIN marker line (the rest of the line says how many names and when).
@@ -38,18 +40,16 @@ pub struct Entry {
     /// Shared by the lines of one machine.
     pub fqdn: Rc<str>,
     pub ip: IpAddr,
-    /// Whether the line also gives the short name (the first label of `fqdn`).
-    pub with_short: bool,
+    /// How long the short name the line also gives is (the first label of `fqdn`; 0:
+    /// none).
+    pub short: u8,
 }
 
 impl Entry {
     /// The short name the line gives, if any.
     pub fn short(&self) -> Option<&str> {
-        if !self.with_short {
-            return None;
-        }
-        let end = self.fqdn.bytes().position(|b| b == b'.');
-        self.fqdn.get(..end.unwrap_or(self.fqdn.len()))
+        let len = usize::from(self.short);
+        self.fqdn.get(..len).filter(|_| len > 0)
     }
 }
 
@@ -115,7 +115,8 @@ pub fn entries(status: &Status, opts: Options) -> Vec<Entry> {
                         None
                     }
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             online: node.online,
             is_self,
         });
@@ -130,7 +131,7 @@ pub fn entries_from_netmap(netmap: &NetMap, state: BackendState, opts: Options) 
     fn node(n: &crate::localapi::Node, is_self: bool) -> Node<'_> {
         Node {
             dns_name: &n.name,
-            ips: n.addresses.clone(),
+            ips: Cow::Borrowed(&n.addresses),
             online: is_self || n.online.unwrap_or(false),
             is_self,
         }
@@ -149,44 +150,53 @@ pub fn entries_from_netmap(netmap: &NetMap, state: BackendState, opts: Options) 
 /// A node as the block needs it.
 struct Node<'a> {
     dns_name: &'a str,
-    ips: Vec<IpAddr>,
+    ips: Cow<'a, [IpAddr]>,
     online: bool,
     is_self: bool,
 }
 
+/// The lines for `nodes`: sorted by name, then address, each once. Machines are sorted,
+/// not lines (a machine has one line per address), with [`bytes::compare`].
 fn entries_of<'a>(
     nodes: impl Iterator<Item = Node<'a>>,
     suffix: Option<&str>,
     opts: Options,
 ) -> Vec<Entry> {
-    let mut out: Vec<Entry> = Vec::new();
-    for node in nodes {
-        if !node.is_self && opts.online_only && !node.online {
-            continue;
-        }
-        let Some(fqdn) = valid_name(node.dns_name) else {
-            continue;
-        };
-        let fqdn: Rc<str> = fqdn.into();
-        for ip in node.ips {
-            if !tailscale_ip(&ip) {
-                log::debug!("hosts: dropping {fqdn}: {ip} is outside the Tailscale ranges");
-                continue;
+    let mut machines: Vec<(String, Cow<'a, [IpAddr]>)> = nodes
+        .filter(|node| node.is_self || !opts.online_only || node.online)
+        .filter_map(|node| Some((valid_name(node.dns_name)?, node.ips)))
+        .collect();
+    machines.sort_unstable_by(|a, b| bytes::compare(a.0.as_bytes(), b.0.as_bytes()));
+    let mut out: Vec<Entry> = Vec::with_capacity(machines.len() * 2);
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut at = 0;
+    while let Some((name, _)) = machines.get(at) {
+        // Machines that share a name (rare) share its lines.
+        let same = machines[at..].iter().take_while(|(n, _)| n == name).count();
+        ips.clear();
+        for ip in machines[at..at + same]
+            .iter()
+            .flat_map(|(_, ips)| ips.iter())
+        {
+            if !tailscale_ip(ip) {
+                log::debug!("hosts: dropping {name}: {ip} is outside the Tailscale ranges");
+            } else if ip.is_ipv4() || opts.ipv6 {
+                ips.push(*ip);
             }
-            if ip.is_ipv6() && !opts.ipv6 {
-                continue;
-            }
-            out.push(Entry {
-                fqdn: fqdn.clone(),
-                ip,
-                with_short: false,
-            });
         }
-    }
-    out.sort_unstable();
-    out.dedup();
-    if opts.short_names {
-        add_short_names(&mut out, suffix);
+        ips.sort_unstable();
+        ips.dedup();
+        let fqdn: Rc<str> = name.as_str().into();
+        let short = short_name(&fqdn, suffix)
+            .filter(|_| opts.short_names)
+            .and_then(|s| u8::try_from(s.len()).ok())
+            .unwrap_or(0);
+        out.extend(ips.iter().map(|&ip| Entry {
+            fqdn: fqdn.clone(),
+            ip,
+            short,
+        }));
+        at += same;
     }
     out
 }
@@ -213,37 +223,11 @@ pub fn own_suffix(status: &Status) -> Option<String> {
 }
 
 /// The short name MagicDNS answers for `fqdn`: its first label, if the rest is the own
-/// tailnet's `suffix`. Nodes shared in from other tailnets have none.
+/// tailnet's `suffix`. Nodes shared in from other tailnets have none. No two machines
+/// of the block share one: a label followed by the suffix is the machine's whole name.
 fn short_name<'a>(fqdn: &'a str, suffix: Option<&str>) -> Option<&'a str> {
     let label = fqdn.strip_suffix(suffix?)?.strip_suffix('.')?;
     (!label.is_empty() && !label.contains('.')).then_some(label)
-}
-
-/// Gives each entry of the own tailnet its short name, unless two machines share it (then
-/// it is left out rather than guessed). `entries` are sorted by name.
-fn add_short_names(entries: &mut [Entry], suffix: Option<&str>) {
-    // Each machine's short name once, sorted: a short name is unique when its
-    // neighbours have another one.
-    let mut shorts: Vec<&str> = Vec::new();
-    let mut last: Option<&str> = None;
-    for e in entries.iter() {
-        if last != Some(&*e.fqdn) {
-            last = Some(&e.fqdn);
-            shorts.extend(short_name(&e.fqdn, suffix));
-        }
-    }
-    shorts.sort_unstable();
-    let unique = |s: &str| {
-        let at = shorts.partition_point(|x| *x < s);
-        shorts.get(at + 1) != Some(&s)
-    };
-    let with: Vec<bool> = entries
-        .iter()
-        .map(|e| short_name(&e.fqdn, suffix).is_some_and(unique))
-        .collect();
-    for (e, with) in entries.iter_mut().zip(with) {
-        e.with_short = with;
-    }
 }
 
 fn valid_name(name: &str) -> Option<String> {
@@ -255,18 +239,24 @@ fn valid_name(name: &str) -> Option<String> {
 }
 
 /// The block's text for `entries`, with its leading newline (see the module comment).
-/// Written without the formatting machinery: a big tailnet's block has thousands of
-/// lines and is rendered again at every change.
 pub fn render(entries: &[Entry], written: SystemTime) -> String {
+    let mut out = String::new();
+    render_into(&mut out, entries, written);
+    out
+}
+
+/// [`render`] into `out` (empty when called). Written without the formatting machinery:
+/// a big tailnet's block has thousands of lines and is rendered again at every change.
+pub fn render_into(out: &mut String, entries: &[Entry], written: SystemTime) {
     let mut names = 0;
     let mut last: Option<&str> = None;
     for e in entries {
-        if last != Some(&*e.fqdn) {
+        if !last.is_some_and(|l| bytes::equal(l.as_bytes(), e.fqdn.as_bytes())) {
             names += 1;
             last = Some(&e.fqdn);
         }
     }
-    let mut out = String::with_capacity(128 + entries.len() * 64);
+    out.reserve(128 + entries.len() * 64);
     out.push_str(&format!(
         "\n{BEGIN} ({names} names, written {}); edits here are lost\n",
         utc(written)
@@ -275,7 +265,7 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
         // Pieces of text, not characters: a char is encoded at every push.
         const SPACE: &str = " ";
         const NEWLINE: &str = "\n";
-        push_ip(&mut out, &e.ip);
+        push_ip(out, &e.ip);
         out.push_str(SPACE);
         out.push_str(&e.fqdn);
         if let Some(s) = e.short() {
@@ -286,7 +276,6 @@ pub fn render(entries: &[Entry], written: SystemTime) -> String {
     }
     out.push_str(END);
     out.push('\n');
-    out
 }
 
 /// Appends `ip` as its Display would (RFC 5952 for IPv6: lower-case hex, the longest run
@@ -390,17 +379,19 @@ fn fold(name: &str) -> String {
 
 /// Whether `name` is reserved (see [`RESERVED`]) or under "localhost.".
 pub fn reserved(name: &str) -> bool {
+    match name.bytes().any(|b| b.is_ascii_uppercase()) || name.ends_with('.') {
+        true => reserved_folded(&fold(name)),
+        false => reserved_folded(name),
+    }
+}
+
+/// [`reserved`] for a name already folded (lower-case, no trailing dot).
+fn reserved_folded(n: &str) -> bool {
     // Every reserved name starts with "localhost", "ip6-" or "broadcast": most names are
     // ruled out without comparing them to each (this runs for every line of the block).
-    let folded = |n: &str| {
-        n.ends_with(".localhost")
-            || ((n.starts_with("localhost") || n.starts_with("ip6-") || n.starts_with("broadcast"))
-                && RESERVED.contains(&n))
-    };
-    match name.bytes().any(|b| b.is_ascii_uppercase()) || name.ends_with('.') {
-        true => folded(&fold(name)),
-        false => folded(name),
-    }
+    n.ends_with(".localhost")
+        || ((n.starts_with("localhost") || n.starts_with("ip6-") || n.starts_with("broadcast"))
+            && RESERVED.contains(&n))
 }
 
 /// The names (folded) the lines of `outside` map: each line is `address name [alias...]`,
@@ -512,7 +503,7 @@ pub fn without_shadowing(block: &str, outside: &[u8]) -> (String, Vec<Skipped>) 
 pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Skipped>) {
     let mapped = mapped_names(outside);
     let skip = |name: &str| {
-        if reserved(name) {
+        if reserved_folded(name) {
             Some(Skip::Reserved)
         } else {
             mapped.contains(name).then_some(Skip::Mapped)
@@ -548,7 +539,7 @@ pub fn unshadowed(list: &[Entry], outside: &[u8]) -> (Option<Vec<Entry>>, Vec<Sk
         let mut e = e.clone();
         if let Some((short, why)) = e.short().and_then(|s| Some((s, skip(s)?))) {
             left_out(short, &e.ip, why);
-            e.with_short = false;
+            e.short = 0;
         }
         kept.push(e);
     }

@@ -290,6 +290,7 @@ impl LocalApi {
             what: format!("GET {path}"),
             done: false,
             scanned: 0,
+            buf: vec![0u8; READ_SIZE],
         })
     }
 }
@@ -327,6 +328,18 @@ pub struct IpnBus {
     done: bool,
     /// How much of the decoded body is known to hold no newline.
     scanned: usize,
+    buf: Vec<u8>,
+}
+
+/// What [`IpnBus::read_more`] got.
+#[derive(Debug)]
+pub enum Arrived {
+    /// Bytes (not necessarily a whole notification).
+    Data,
+    /// Nothing within the wait.
+    Nothing,
+    /// The end of the stream, with what came after the last newline.
+    End(Option<Vec<u8>>),
 }
 
 /// The largest notification read (a netmap of several hundred thousand nodes).
@@ -346,44 +359,81 @@ impl IpnBus {
 
     /// The next notification's JSON (without its newline); `None` at the end.
     pub fn next_raw(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
-        let mut buf = vec![0u8; READ_SIZE];
         loop {
-            let body = &mut self.decoder.body;
-            let from = self.scanned.min(body.len());
-            if let Some(i) = body[from..].iter().position(|&b| b == b'\n') {
-                let rest = body.split_off(from + i + 1);
-                let mut line = std::mem::replace(body, rest);
-                line.pop();
-                self.scanned = 0;
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
+            if let Some(line) = self.take_line() {
                 return Ok(Some(line));
             }
-            self.scanned = body.len();
-            let n = match self.decoder.complete {
-                true => 0,
-                false => read_by(&mut self.stream, &mut buf, None, &self.what)?,
-            };
-            if n == 0 {
-                let body = std::mem::take(&mut self.decoder.body);
-                self.scanned = 0;
-                if body.iter().all(u8::is_ascii_whitespace) && self.decoder.raw.is_empty() {
-                    return Ok(None);
-                }
-                if !self.decoder.complete {
-                    return Err(proto(format!(
-                        "LocalAPI {}: stream ended inside a notification",
-                        self.what
-                    )));
-                }
-                return Ok(Some(body));
+            match self.read_more(None)? {
+                Arrived::Data | Arrived::Nothing => {}
+                Arrived::End(last) => return Ok(last),
             }
-            let data = buf.get(..n).unwrap_or_default();
-            self.decoder
-                .feed(data, false)
-                .map_err(|e| e.about(&self.what))?;
         }
+    }
+
+    /// A notification already received whole (its JSON without the newline), if any.
+    pub fn take_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let body = &mut self.decoder.body;
+            let Some(i) = crate::bytes::find(body, self.scanned.min(body.len()), b'\n') else {
+                self.scanned = body.len();
+                return None;
+            };
+            let rest = body.split_off(i + 1);
+            let mut line = std::mem::replace(body, rest);
+            line.pop();
+            self.scanned = 0;
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Reads once, waiting at most `wait` (None: as long as it takes) for bytes to come.
+    pub fn read_more(&mut self, wait: Option<Duration>) -> Result<Arrived, ApiError> {
+        if wait.is_some_and(|w| w.is_zero()) {
+            return Ok(Arrived::Nothing);
+        }
+        let n = match self.decoder.complete {
+            true => 0,
+            false => {
+                let deadline = wait.map(|w| Instant::now() + w);
+                let read = read_by(&mut self.stream, &mut self.buf, deadline, &self.what);
+                if wait.is_some() {
+                    // The next read without a wait must not time out.
+                    self.stream
+                        .set_read_timeout(None)
+                        .map_err(io_err(format!("watching with {}", self.what)))?;
+                }
+                match read {
+                    Ok(n) => n,
+                    Err(ApiError::Io { source, .. })
+                        if wait.is_some() && source.kind() == io::ErrorKind::TimedOut =>
+                    {
+                        return Ok(Arrived::Nothing);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if n == 0 {
+            let body = std::mem::take(&mut self.decoder.body);
+            self.scanned = 0;
+            if body.iter().all(u8::is_ascii_whitespace) && self.decoder.raw.is_empty() {
+                return Ok(Arrived::End(None));
+            }
+            if !self.decoder.complete {
+                return Err(proto(format!(
+                    "LocalAPI {}: stream ended inside a notification",
+                    self.what
+                )));
+            }
+            return Ok(Arrived::End(Some(body)));
+        }
+        let data = self.buf.get(..n).unwrap_or_default();
+        self.decoder
+            .feed(data, false)
+            .map_err(|e| e.about(&self.what))?;
+        Ok(Arrived::Data)
     }
 
     fn next_value(&mut self) -> Result<Option<serde_json::Value>, ApiError> {
@@ -797,6 +847,57 @@ mod tests {
             matches!(&got, Some(ApiError::Status { status: 403, body }) if body == "nope"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_bus_read_with_a_wait_returns_when_nothing_comes() {
+        let dir = scratch();
+        let sock = dir.0.join("sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let (done_tx, done) = mpsc::channel::<()>();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).unwrap();
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let body = chunked(&["{\"State\":2}\n{\"St"], false);
+            conn.write_all(format!("{head}{body}").as_bytes()).unwrap();
+            let _ = done.recv();
+            conn.write_all(chunked(&["ate\":6}\n"], false).as_bytes())
+                .unwrap();
+        });
+        let mut bus = LocalApi::new(&sock, Some(Duration::from_secs(5)))
+            .watch_ipn_bus(2)
+            .unwrap();
+        let mut lines = Vec::new();
+        let started = Instant::now();
+        while bus.take_line().map(|l| lines.push(l)).is_none() {
+            let got = bus.read_more(Some(Duration::from_secs(5)));
+            assert!(matches!(got, Ok(Arrived::Data)), "{got:?}");
+        }
+        assert_eq!(lines, [br#"{"State":2}"#.to_vec()]);
+        let waited = Instant::now();
+        let got = bus.read_more(Some(Duration::from_millis(50)));
+        assert!(matches!(got, Ok(Arrived::Nothing)), "{got:?}");
+        assert!(waited.elapsed() >= Duration::from_millis(50));
+        assert!(matches!(
+            bus.read_more(Some(Duration::ZERO)),
+            Ok(Arrived::Nothing)
+        ));
+        assert_eq!(bus.buffered(), br#"{"St"#);
+        // A read without a wait after one that timed out waits as long as it takes.
+        let late = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            done_tx.send(()).unwrap();
+        });
+        assert_eq!(bus.next_raw().unwrap(), Some(br#"{"State":6}"#.to_vec()));
+        server.join().unwrap();
+        late.join().unwrap();
+        assert!(matches!(
+            bus.read_more(Some(Duration::from_secs(5))),
+            Ok(Arrived::End(None))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

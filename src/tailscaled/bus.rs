@@ -7,12 +7,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::localapi::{BackendState, LocalApi, NetMap, notify, scan};
+use crate::localapi::{Arrived, BackendState, LocalApi, NetMap, notify, scan};
 
 /// What the bus reports.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct Bus {
     events: Receiver<BusEvent>,
     wake: UnixStream,
     stream: Option<UnixStream>,
+    /// What the last hosts write cost (ns of CPU), for the follower's [`Pacer`].
+    write_cost: Arc<AtomicU64>,
 }
 
 impl Bus {
@@ -43,14 +47,23 @@ impl Bus {
         wake_tx.set_nonblocking(true)?;
         let (tx, events) = channel();
         let socket = socket.to_path_buf();
+        let write_cost = Arc::new(AtomicU64::new(0));
+        let cost = write_cost.clone();
         std::thread::Builder::new()
             .name("ipn-bus".to_string())
-            .spawn(move || follow(&socket, &tx, &wake_tx))?;
+            .spawn(move || follow(&socket, &tx, &wake_tx, &cost))?;
         Ok(Bus {
             events,
             wake,
             stream: None,
+            write_cost,
         })
+    }
+
+    /// What the hosts write that followed the last netmap cost (CPU time).
+    pub fn wrote(&self, cost: Duration) {
+        let ns = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
+        self.write_cost.store(ns, Ordering::Relaxed);
     }
 
     /// Readable when events wait.
@@ -83,7 +96,7 @@ impl Drop for Bus {
 }
 
 /// The follower thread: connects, then turns each notification into events.
-fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
+fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream, write_cost: &AtomicU64) {
     let send = |event: BusEvent| {
         let sent = tx.send(event).is_ok();
         let mut w = wake;
@@ -107,42 +120,136 @@ fn follow(socket: &Path, tx: &Sender<BusEvent>, wake: &UnixStream) {
     if !send(BusEvent::Connected(stream)) {
         return;
     }
+    let mut pacer = Pacer::default();
     loop {
-        let raw = match bus.next_raw() {
-            Ok(Some(raw)) => raw,
-            Ok(None) => {
-                send(BusEvent::Ended("tailscaled closed the IPN bus".to_string()));
-                return;
-            }
-            Err(e) => {
-                send(BusEvent::Ended(e.to_string()));
-                return;
-            }
-        };
-        if superseded(&raw, bus.buffered()) {
-            continue;
-        }
-        let notification = match scan::notification(&raw) {
-            Ok(n) => n,
-            Err(e) => {
-                debug!("ignoring an IPN bus notification that does not decode: {e}");
+        let raw = match bus.take_line() {
+            Some(raw) if netmap_only(&raw) => {
+                // Held until the pacer says it is due; a later one replaces it.
+                pacer.held = Some(raw);
                 continue;
             }
-        };
-        let mut events = Vec::new();
-        if let Some(state) = notification.state.and_then(BackendState::from_number) {
-            events.push(BusEvent::State(state));
-        }
-        if let Some(netmap) = notification.net_map {
-            debug!("IPN bus: a netmap with {} peers", netmap.peers.len());
-            events.push(BusEvent::NetMap(Box::new(netmap)));
-        }
-        for event in events {
-            if !send(event) {
-                return;
+            Some(raw) => {
+                if netmap_at(&raw).is_some() {
+                    pacer.held = None;
+                }
+                raw
             }
+            None => {
+                if pacer.held.is_some() && netmap_only(bus.buffered()) {
+                    pacer.held = None; // a later netmap is on its way
+                }
+                let wait = pacer.wait(Instant::now());
+                match wait {
+                    Some(Duration::ZERO) => match pacer.held.take() {
+                        Some(raw) => raw,
+                        None => continue,
+                    },
+                    _ => match bus.read_more(wait) {
+                        Ok(Arrived::Data | Arrived::Nothing) => continue,
+                        Ok(Arrived::End(last)) => {
+                            let why = "tailscaled closed the IPN bus".to_string();
+                            for raw in pacer.held.take().into_iter().chain(last) {
+                                if !decode_and_send(&raw, &mut pacer, write_cost, &send) {
+                                    return;
+                                }
+                            }
+                            send(BusEvent::Ended(why));
+                            return;
+                        }
+                        Err(e) => {
+                            send(BusEvent::Ended(e.to_string()));
+                            return;
+                        }
+                    },
+                }
+            }
+        };
+        if !decode_and_send(&raw, &mut pacer, write_cost, &send) {
+            return;
         }
     }
+}
+
+/// Decodes a notification and sends its events; false once nobody listens.
+fn decode_and_send(
+    raw: &[u8],
+    pacer: &mut Pacer,
+    write_cost: &AtomicU64,
+    send: &impl Fn(BusEvent) -> bool,
+) -> bool {
+    let cpu = thread_cpu_time();
+    let notification = match scan::notification(raw) {
+        Ok(n) => n,
+        Err(e) => {
+            debug!("ignoring an IPN bus notification that does not decode: {e}");
+            return true;
+        }
+    };
+    let mut events = Vec::new();
+    if let Some(state) = notification.state.and_then(BackendState::from_number) {
+        events.push(BusEvent::State(state));
+    }
+    if let Some(netmap) = notification.net_map {
+        debug!("IPN bus: a netmap with {} peers", netmap.peers.len());
+        events.push(BusEvent::NetMap(Box::new(netmap)));
+        let decode = thread_cpu_time().saturating_sub(cpu);
+        let write = Duration::from_nanos(write_cost.load(Ordering::Relaxed));
+        pacer.decoded(Instant::now(), decode + write);
+    }
+    events.into_iter().all(send)
+}
+
+/// When a netmap that carries nothing else is decoded. tailscaled sends the whole netmap
+/// at every change, so a big tailnet in flux (nodes joining by the hundred) sends
+/// megabytes several times a second: after a netmap is decoded, the next one waits until
+/// [`PACE`] times what the last one cost (decoding it here, and the hosts write it
+/// caused) has passed, and a later netmap that arrives meanwhile replaces it unread. So
+/// at most one part in `PACE + 1` of the time goes to netmaps, a change after a quiet
+/// spell is taken at once, and the block lags the tailnet by at most `PACE` times the
+/// cost of one netmap (~0.1 s at 5 000 peers).
+struct Pacer {
+    held: Option<Vec<u8>>,
+    /// The next netmap is not decoded before this.
+    due: Instant,
+}
+
+const PACE: u32 = 14;
+
+impl Default for Pacer {
+    fn default() -> Pacer {
+        Pacer {
+            held: None,
+            due: Instant::now(),
+        }
+    }
+}
+
+impl Pacer {
+    /// How long to wait for more bytes: None (as long as it takes) when nothing is
+    /// held, zero when the held netmap is due.
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        self.held.as_ref()?;
+        Some(self.due.saturating_duration_since(now))
+    }
+
+    /// A netmap was decoded at `now`, which with its hosts write cost `cost`.
+    fn decoded(&mut self, now: Instant, cost: Duration) {
+        self.due = now + cost * PACE;
+    }
+}
+
+/// The CPU time this thread has used.
+pub(super) fn thread_cpu_time() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .and_then(|t| {
+            Some(Duration::new(
+                u64::try_from(t.tv_sec()).ok()?,
+                u32::try_from(t.tv_nsec()).ok()?,
+            ))
+        })
+        .unwrap_or_default()
 }
 
 /// Where the first `"NetMap":{` of a notification starts, looked for in its head only:
@@ -156,60 +263,53 @@ const NETMAP: &[u8] = b"\"NetMap\":{";
 /// How far into a notification its netmap starts at the latest (prefs are a few KB).
 const HEAD: usize = 16 * 1024;
 
-/// Whether `raw` carries a netmap and nothing else tsinit reads (no state, no prefs),
-/// and a later notification with a netmap has already arrived in `buffered`: then it
-/// is skipped unread. When peers change faster than tsinit reads, this keeps the cost
-/// at one decoded netmap per burst.
-fn superseded(raw: &[u8], buffered: &[u8]) -> bool {
+/// Whether `raw` (a notification, or the first bytes of one) carries a netmap and
+/// nothing else tsinit reads (no state, no prefs).
+fn netmap_only(raw: &[u8]) -> bool {
     let Some(at) = netmap_at(raw) else {
         return false;
     };
     let before = &raw[..at];
     let null = |field: &[u8]| before.windows(field.len()).any(|w| w == field);
-    if !(null(b"\"State\":null") && null(b"\"Prefs\":null")) {
-        return false;
-    }
-    // Complete notifications end with a newline; what follows the last one is partial.
-    let complete = match buffered.iter().rposition(|&b| b == b'\n') {
-        Some(end) => &buffered[..end],
-        None => return false,
-    };
-    complete
-        .split(|&b| b == b'\n')
-        .any(|line| netmap_at(line).is_some())
+    null(b"\"State\":null") && null(b"\"Prefs\":null")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::superseded;
+    use super::{PACE, Pacer, netmap_only};
+    use std::time::{Duration, Instant};
 
     const ONLY: &[u8] = br#"{"Version":"1.96.4","ErrMessage":null,"LoginFinished":null,"State":null,"Prefs":null,"NetMap":{"Peers":[]},"Engine":null}"#;
     const WITH_STATE: &[u8] = br#"{"Version":"1.96.4","ErrMessage":null,"LoginFinished":null,"State":6,"Prefs":null,"NetMap":{"Peers":[]},"Engine":null}"#;
     const SMALL: &[u8] = br#"{"Version":"1.96.4","ErrMessage":null,"LoginFinished":null,"State":null,"Prefs":null,"NetMap":null,"Engine":null}"#;
 
-    fn lines(parts: &[&[u8]], tail: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend_from_slice(p);
-            out.push(b'\n');
-        }
-        out.extend_from_slice(tail);
-        out
+    #[test]
+    fn only_a_netmap_with_nothing_else_is_held() {
+        assert!(netmap_only(ONLY));
+        assert!(netmap_only(&ONLY[..100]), "its head is enough");
+        assert!(!netmap_only(&ONLY[..60]), "not yet known");
+        assert!(!netmap_only(WITH_STATE), "it carries a state");
+        assert!(!netmap_only(SMALL), "no netmap in it");
+        assert!(!netmap_only(b""));
     }
 
     #[test]
-    fn only_a_netmap_with_a_later_netmap_waiting_is_skipped() {
-        assert!(superseded(ONLY, &lines(&[SMALL, ONLY], b"")));
-        assert!(!superseded(ONLY, &lines(&[SMALL], b"")), "no later netmap");
-        assert!(
-            !superseded(ONLY, &lines(&[SMALL], ONLY)),
-            "the later netmap is not complete yet"
+    fn a_held_netmap_waits_for_its_turn() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pacer::default();
+        assert_eq!(p.wait(t0), None, "nothing held: wait for bytes");
+        p.held = Some(ONLY.to_vec());
+        assert_eq!(
+            p.wait(t0 + ms(1)),
+            Some(Duration::ZERO),
+            "after a quiet spell: at once"
         );
-        assert!(!superseded(ONLY, b""));
-        assert!(
-            !superseded(WITH_STATE, &lines(&[ONLY], b"")),
-            "it carries a state"
-        );
-        assert!(!superseded(SMALL, &lines(&[ONLY], b"")), "no netmap in it");
+        p.decoded(t0, ms(2));
+        assert_eq!(p.wait(t0), Some(ms(2) * PACE));
+        assert_eq!(p.wait(t0 + ms(20)), Some(ms(2) * PACE - ms(20)));
+        assert_eq!(p.wait(t0 + ms(2) * PACE), Some(Duration::ZERO));
+        p.held = None;
+        assert_eq!(p.wait(t0), None);
     }
 }

@@ -2,12 +2,10 @@
 //! IPN bus's events taken in on the main thread, and the hosts block written from the
 //! latest netmap.
 
-use std::time::Instant;
-
 use log::debug;
 
-use super::bus::BusEvent;
-use super::{HOSTS_PAUSE, Phase, Tailscaled};
+use super::bus::{BusEvent, thread_cpu_time};
+use super::{Phase, Tailscaled};
 
 /// How often the IPN bus is followed again after it ended while tailscaled ran.
 const MAX_BUS_RESTARTS: u32 = 3;
@@ -71,19 +69,10 @@ impl Tailscaled {
         self.write_hosts_if_due();
     }
 
-    /// Writes the hosts block if the netmap changed since the last write. Once the
-    /// workload runs, the next write waits [`HOSTS_PAUSE`] times the CPU time this one
-    /// took: a single change is written at once, and in a burst of changes (a big tailnet
-    /// joining, where each write costs milliseconds) one write follows several netmaps,
-    /// the last one always. CPU time, not wall time: on a busy machine (tailscaled itself
-    /// busy with that burst) the wait would otherwise grow with the time spent waiting for
-    /// a CPU.
+    /// Writes the hosts block if the netmap changed since the last write, and tells the
+    /// bus follower what that cost (its pacer spaces big netmaps by it).
     pub(super) fn write_hosts_if_due(&mut self) {
         if !self.hosts_due {
-            return;
-        }
-        let now = Instant::now();
-        if self.phase == Phase::Steady && self.hosts_next.is_some_and(|at| now < at) {
             return;
         }
         self.hosts_due = false;
@@ -91,20 +80,8 @@ impl Tailscaled {
         if let Some(h) = &mut self.hosts {
             h.write_from(&self.view);
         }
-        let took = match (cpu, thread_cpu_time()) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
-            _ => now.elapsed(),
-        };
-        self.hosts_next = Some(Instant::now() + took * HOSTS_PAUSE);
+        if let Some(bus) = &self.bus {
+            bus.wrote(thread_cpu_time().saturating_sub(cpu));
+        }
     }
-}
-
-/// The CPU time this thread has used.
-fn thread_cpu_time() -> Option<std::time::Duration> {
-    use nix::time::{ClockId, clock_gettime};
-    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
-    Some(std::time::Duration::new(
-        u64::try_from(t.tv_sec()).ok()?,
-        u32::try_from(t.tv_nsec()).ok()?,
-    ))
 }

@@ -33,9 +33,6 @@ use daemon::Daemon;
 
 /// The longest wait between two restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How many times as long as a write of the hosts block took tsinit waits before the
-/// next one while the workload runs (so writes take at most a fifth of the time).
-const HOSTS_PAUSE: u32 = 4;
 /// How long a lost LocalAPI connection waits for tailscaled's exit to explain it.
 const GONE_WAIT: Duration = Duration::from_secs(1);
 /// Before the workload starts, how long a tailscaled that exited is given for the rest
@@ -122,8 +119,6 @@ pub struct Tailscaled {
     pub(crate) served: Option<String>,
     /// The netmap changed since the hosts block was written.
     hosts_due: bool,
-    /// When the hosts block may be written again.
-    hosts_next: Option<Instant>,
     /// How often the bus was followed again in this tailscaled's lifetime.
     bus_restarts: u32,
     /// The health and metrics endpoint, if on.
@@ -165,7 +160,6 @@ impl Tailscaled {
             retrying: false,
             served: None,
             hosts_due: false,
-            hosts_next: None,
             bus_restarts: 0,
             endpoint: Endpoint::listen(&config.http).map_err(|message| {
                 Error::Config(config::ConfigError {
@@ -455,9 +449,8 @@ impl Tailscaled {
 
 impl Service for Tailscaled {
     fn deadline(&self) -> Option<Instant> {
-        let hosts = self.hosts_next.filter(|_| self.hosts_due);
         let http = self.endpoint.as_ref().and_then(Endpoint::deadline);
-        [self.retry_at, self.step.deadline(), hosts, http]
+        [self.retry_at, self.step.deadline(), http]
             .into_iter()
             .flatten()
             .min()
