@@ -206,7 +206,8 @@ fn decode_and_send(
 /// caused) has passed, and a later netmap that arrives meanwhile replaces it unread. So
 /// at most one part in `PACE + 1` of the time goes to netmaps, a change after a quiet
 /// spell is taken at once, and the block lags the tailnet by at most `PACE` times the
-/// cost of one netmap (~0.1 s at 5 000 peers).
+/// cost of one netmap (~0.1 s at 5 000 peers). A netmap that cost less than [`UNPACED`]
+/// (a small tailnet's) holds nothing back.
 struct Pacer {
     held: Option<Vec<u8>>,
     /// The next netmap is not decoded before this.
@@ -214,6 +215,7 @@ struct Pacer {
 }
 
 const PACE: u32 = 14;
+const UNPACED: Duration = Duration::from_millis(1);
 
 impl Default for Pacer {
     fn default() -> Pacer {
@@ -234,7 +236,10 @@ impl Pacer {
 
     /// A netmap was decoded at `now`, which with its hosts write cost `cost`.
     fn decoded(&mut self, now: Instant, cost: Duration) {
-        self.due = now + cost * PACE;
+        self.due = match cost < UNPACED {
+            true => now,
+            false => now + cost * PACE,
+        };
     }
 }
 
@@ -276,7 +281,7 @@ fn netmap_only(raw: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{PACE, Pacer, netmap_only};
+    use super::{PACE, Pacer, UNPACED, netmap_only};
     use std::time::{Duration, Instant};
 
     const ONLY: &[u8] = br#"{"Version":"1.96.4","ErrMessage":null,"LoginFinished":null,"State":null,"Prefs":null,"NetMap":{"Peers":[]},"Engine":null}"#;
@@ -309,6 +314,12 @@ mod tests {
         assert_eq!(p.wait(t0), Some(ms(2) * PACE));
         assert_eq!(p.wait(t0 + ms(20)), Some(ms(2) * PACE - ms(20)));
         assert_eq!(p.wait(t0 + ms(2) * PACE), Some(Duration::ZERO));
+        p.decoded(t0, UNPACED - Duration::from_micros(1));
+        assert_eq!(
+            p.wait(t0),
+            Some(Duration::ZERO),
+            "a small netmap holds nothing back"
+        );
         p.held = None;
         assert_eq!(p.wait(t0), None);
     }
