@@ -125,8 +125,14 @@ fn up(workspace: &Path, label: &str) -> String {
 
 /// `sh -c script` in the container, as root; its output (stdout and stderr).
 fn exec(container: &str, script: &str) -> String {
-    let out = run(Command::new("docker").args(["exec", container, "sh", "-c", script]));
-    text(&out)
+    exec_as("root", container, script).1
+}
+
+/// `sh -c script` in the container as `user`: whether it succeeded, and its output.
+fn exec_as(user: &str, container: &str, script: &str) -> (bool, String) {
+    let out =
+        run(Command::new("docker").args(["exec", "--user", user, container, "sh", "-c", script]));
+    (out.status.success(), text(&out))
 }
 
 #[test]
@@ -167,6 +173,7 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
   "features": {{ "./tsinit": {{ "nodeName": "{node}" }} }},
   "runArgs": ["--network={network}"],
   "containerEnv": {{ "TSINIT_TAILSCALE_LOGIN_SERVER": "{url}" }},
+  "remoteUser": "dev",
   "mounts": [
     {{ "source": "tsinit-state-${{devcontainerId}}", "target": "/var/lib/tailscale", "type": "volume" }},
     {{ "source": "{key}", "target": "/run/secrets/ts_authkey", "type": "bind", "readonly": true }}
@@ -218,8 +225,12 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
         pids.len() == 2 && pids[0] == pids[1],
         "not one process: {with}"
     );
-    // A login shell of the remote user gets tsinit's environment.
-    let env = exec(&c, "bash -lc 'echo \"socket=$TS_SOCKET\"'");
+    // The remote user (not root; its postStartCommand went through sudo) is the node's
+    // operator: it may change settings without sudo. Its login shell gets tsinit's
+    // environment.
+    let (ok, set) = exec_as("dev", &c, "tailscale set --accept-dns=false");
+    assert!(ok, "the remote user may not change settings: {set}");
+    let (_, env) = exec_as("dev", &c, "bash -lc 'echo \"socket=$TS_SOCKET\"'");
     assert!(
         env.contains("socket=/var/run/tailscale/tailscaled.sock"),
         "{env}"

@@ -31,9 +31,15 @@ case "$networking" in auto|kernel|userspace) ;; *) fail "networking: \"$networki
 case "$ssh" in true|false) ;; *) fail "ssh: \"$ssh\" is not true or false" ;; esac
 case "$hostname" in *[!A-Za-z0-9-]*) fail "nodeName: \"$hostname\" may only hold letters, digits and '-'" ;; esac
 
-# The remote user (terminals) may run `tailscale` without sudo: --operator at login.
+# The remote user (terminals) may run `tailscale` without sudo: --operator at login. A
+# CLI that does not say who it is (no _REMOTE_USER): the user with uid 1000, the one
+# dev container images make.
 operator=""
-user=${_REMOTE_USER:-root}
+user=${_REMOTE_USER:-}
+if [ -z "$user" ] || [ "$user" = root ]; then
+  user=$(awk -F: '$3 == 1000 { print $1; exit }' /etc/passwd)
+  user=${user:-root}
+fi
 if [ "$user" != root ]; then
   case "$user" in *[!A-Za-z0-9._-]*) fail "the remote user \"$user\" is not a plain user name" ;; esac
   operator="\"--operator=$user\""
