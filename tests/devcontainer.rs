@@ -63,11 +63,12 @@ fn cli() -> PathBuf {
     path
 }
 
-/// What the test made in Docker, removed when dropped.
+/// What the test made in Docker, removed when dropped. Its images are all those with
+/// the base image's label (the CLI's builds inherit it).
 #[derive(Default)]
 struct Made {
     containers: Vec<String>,
-    images: Vec<String>,
+    label: String,
     volumes: Vec<String>,
     networks: Vec<String>,
 }
@@ -88,18 +89,19 @@ impl Drop for Made {
             let named = String::from_utf8_lossy(&out.stdout).into_owned();
             self.volumes
                 .extend(named.split_whitespace().map(str::to_string));
-            let out = run(Command::new("docker").args(["inspect", "--format", "{{.Image}}", c]));
-            let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
             quiet(&["rm", "--force", c]);
-            if !image.is_empty() {
-                quiet(&["image", "rm", "--force", &image]);
-            }
         }
         for v in &self.volumes {
             quiet(&["volume", "rm", "--force", v]);
         }
-        for i in &self.images {
-            quiet(&["image", "rm", "--force", i]);
+        if !self.label.is_empty() {
+            // Newest first: an image goes before the one it was built on.
+            let filter = format!("label={}", self.label);
+            let out = run(Command::new("docker")
+                .args(["image", "ls", "--all", "--quiet", "--filter", &filter]));
+            for image in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                quiet(&["image", "rm", "--force", image]);
+            }
         }
         for n in &self.networks {
             quiet(&["network", "rm", n]);
@@ -141,8 +143,8 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
     let mut made = Made::default();
     let unique = format!("tsinit-test-{}", std::process::id());
     let base = format!("{unique}-debian:bookworm");
-    assert_eq!(script("debian-base", &[&base]), base);
-    made.images.push(base.clone());
+    made.label = format!("org.tsinit.test-run={unique}");
+    assert_eq!(script("debian-base", &[&base, &made.label]), base);
 
     let ws = TempDir::new("devcontainer");
     let dot = ws.0.join(".devcontainer");
