@@ -64,7 +64,8 @@ fn cli() -> PathBuf {
 }
 
 /// What the test made in Docker, removed when dropped. Its images are all those with
-/// the base image's label (the CLI's builds inherit it).
+/// the base image's label (the CLI's builds inherit it), and the untagged stages of a
+/// Containerfile build.
 #[derive(Default)]
 struct Made {
     containers: Vec<String>,
@@ -103,6 +104,14 @@ impl Drop for Made {
                 quiet(&["image", "rm", "--force", image]);
             }
         }
+        // The Containerfile's stages the classic builder keeps (scripts/image's prune).
+        quiet(&[
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            "label=org.tsinit.intermediate=1",
+        ]);
         for n in &self.networks {
             quiet(&["network", "rm", n]);
         }
@@ -137,24 +146,25 @@ fn exec_as(user: &str, container: &str, script: &str) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
-#[test]
-fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() {
+/// What both tests start from: a Debian base image, an internal network with the test
+/// control server on its gateway address, a workspace, and what to remove at the end.
+struct Setup {
+    /// Names what the test makes: tsinit-test-<pid>-<test>.
+    unique: String,
+    made: Made,
+    base: String,
+    network: String,
+    control: TestControl,
+    ws: TempDir,
+}
+
+fn setup(name: &str) -> Setup {
     common::require_root();
     let mut made = Made::default();
-    let unique = format!("tsinit-test-{}", std::process::id());
+    let unique = format!("tsinit-test-{}-{name}", std::process::id());
     let base = format!("{unique}-debian:bookworm");
     made.label = format!("org.tsinit.test-run={unique}");
     assert_eq!(script("debian-base", &[&base, &made.label]), base);
-
-    let ws = TempDir::new("devcontainer");
-    let dot = ws.0.join(".devcontainer");
-    std::fs::create_dir_all(&dot).unwrap();
-    let feature = dot.join("tsinit");
-    script("feature", &[feature.to_str().unwrap()]);
-    let key_file = ws.0.join("ts_authkey");
-    std::fs::write(&key_file, KEY).unwrap();
-
-    // An internal network of the test's own; the control server on its gateway address.
     let network = format!("{unique}-net");
     docker(&["network", "create", "--internal", &network]);
     made.networks.push(network.clone());
@@ -167,6 +177,53 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
     ]);
     let control = TestControl::start(&format!("{gateway}:0")).unwrap();
     control.set_valid_keys(&[KEY]);
+    let ws = TempDir::new(name);
+    std::fs::create_dir_all(ws.0.join(".devcontainer")).unwrap();
+    Setup {
+        unique,
+        made,
+        base,
+        network,
+        control,
+        ws,
+    }
+}
+
+/// Whether the key shows in the container's or its image's configuration (docker
+/// inspect, labels included), or in any process's argv or environment in it.
+fn assert_key_hidden(c: &str) {
+    let image = docker(&["inspect", "--format", "{{.Image}}", c]);
+    for what in [
+        docker(&["inspect", c]),
+        docker(&["image", "inspect", &image]),
+        exec(
+            c,
+            "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ | tr '\\0' '\\n'",
+        ),
+    ] {
+        assert!(!what.contains(KEY), "the key shows: {what}");
+    }
+}
+
+fn running(c: &str) -> bool {
+    exec(c, "tsinit status").contains("state: Running")
+}
+
+#[test]
+fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() {
+    let Setup {
+        unique,
+        mut made,
+        base,
+        network,
+        control,
+        ws,
+    } = setup("feature");
+    let dot = ws.0.join(".devcontainer");
+    let feature = dot.join("tsinit");
+    script("feature", &[feature.to_str().unwrap()]);
+    let key_file = ws.0.join("ts_authkey");
+    std::fs::write(&key_file, KEY).unwrap();
 
     let node = format!("dc-{}", std::process::id());
     let config = format!(
@@ -189,7 +246,6 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
     let label = format!("org.tsinit.test={unique}");
     let c = up(&ws.0, &label);
     made.containers.push(c.clone());
-    let running = |c: &str| exec(c, "tsinit status").contains("state: Running");
     wait_until(
         Duration::from_secs(60),
         "the dev container's node Running",
@@ -238,19 +294,7 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
         "{env}"
     );
 
-    // The key is in none of: the container's and the image's configuration (docker
-    // inspect, labels included), any process's argv or environment in the container.
-    let image = docker(&["inspect", "--format", "{{.Image}}", &c]);
-    for what in [
-        docker(&["inspect", &c]),
-        docker(&["image", "inspect", &image]),
-        exec(
-            &c,
-            "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ | tr '\\0' '\\n'",
-        ),
-    ] {
-        assert!(!what.contains(KEY), "the key shows: {what}");
-    }
+    assert_key_hidden(&c);
 
     // Stopped and brought up again: the same node from the state volume, no new
     // registration at control.
@@ -265,4 +309,94 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
         running(&c)
     });
     assert_eq!(control.register_count(), 1, "the node registered again");
+}
+
+#[test]
+fn the_shipped_example_runs_tsinit_as_pid1_under_a_dev_containers_cli() {
+    let Setup {
+        unique,
+        mut made,
+        base,
+        network,
+        control,
+        ws,
+    } = setup("example");
+    control.set_ssh_enabled(true);
+    // The build context the example names (".."), made offline: the Containerfile with
+    // the locally built tsinit and tailscale in prebuilt/.
+    let out = run(
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image"))
+            .env("TSINIT_IMAGE_CONTEXT", &ws.0),
+    );
+    assert!(out.status.success(), "scripts/image: {}", text(&out));
+    // The key where the example takes it from: a file under the (test's) home.
+    let home = ws.0.join("home");
+    std::fs::create_dir_all(home.join(".config/tsinit")).unwrap();
+    std::fs::write(home.join(".config/tsinit/ts_authkey"), KEY).unwrap();
+
+    // The example as shipped, but for what cannot be here: its base image (a registry's),
+    // the offline build, no internet (an internal network and the test control server),
+    // and the base image's user.
+    let example = include_str!("../examples/devcontainer/devcontainer.json");
+    let mut config = example.to_string();
+    let mut change = |from: &str, to: &str| {
+        assert!(config.contains(from), "the example has no {from}");
+        config = config.replace(from, to);
+    };
+    change(
+        r#""BASE_IMAGE": "mcr.microsoft.com/devcontainers/base:bookworm""#,
+        &format!(r#""BASE_IMAGE": "{base}", "RUST_IMAGE": "prebuilt", "FETCH_IMAGE": "prebuilt""#),
+    );
+    change(
+        r#""runArgs": ["--device=/dev/net/tun"]"#,
+        &format!(r#""runArgs": ["--device=/dev/net/tun", "--network={network}"]"#),
+    );
+    change(
+        r#""containerEnv": {"#,
+        &format!(
+            r#""containerEnv": {{ "TSINIT_TAILSCALE_LOGIN_SERVER": "{}","#,
+            control.url()
+        ),
+    );
+    change(r#""remoteUser": "vscode""#, r#""remoteUser": "dev""#);
+    change("--operator=vscode", "--operator=dev");
+    std::fs::write(ws.0.join(".devcontainer/devcontainer.json"), config).unwrap();
+
+    let out = run(Command::new(cli())
+        .env("HOME", &home)
+        .args(["up", "--workspace-folder"])
+        .arg(&ws.0)
+        .args(["--id-label", &format!("org.tsinit.test={unique}")]));
+    let said = text(&out);
+    assert!(out.status.success(), "devcontainer up: {said}");
+    let c = said
+        .split("\"containerId\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("devcontainer up named no container: {said}"))
+        .to_string();
+    made.containers.push(c.clone());
+
+    // overrideCommand false: the image's entrypoint stays, so tsinit is PID 1 (its
+    // workload is the CLI's keep-alive command: devcontainer-rs passes one all the same).
+    let pid1 = exec(&c, "tr '\\0' ' ' </proc/1/cmdline");
+    assert!(pid1.starts_with("/sbin/tsinit -- "), "{pid1}");
+    wait_until(
+        Duration::from_secs(60),
+        "the example's node Running",
+        || running(&c),
+    );
+    let status = exec(&c, "tsinit status");
+    assert!(status.contains("networking: kernel"), "{status}");
+    assert!(status.contains("ssh: on"), "{status}");
+    let (ok, set) = exec_as("dev", &c, "tailscale set --accept-dns=false");
+    assert!(ok, "the remote user is not the operator: {set}");
+    assert_eq!(control.register_count(), 1);
+    assert_key_hidden(&c);
+
+    // docker stop: tsinit passes the SIGTERM on, so `sleep` ends at once (143), instead
+    // of the runtime's SIGKILL after its timeout (137).
+    docker(&["stop", "--time", "30", &c]);
+    let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &c]);
+    assert_eq!(code, "143", "the container did not stop on SIGTERM");
 }
