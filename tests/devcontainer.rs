@@ -70,6 +70,9 @@ fn cli() -> PathBuf {
 struct Made {
     containers: Vec<String>,
     label: String,
+    /// Whether a Containerfile was built (its stages are pruned: only by the test that
+    /// built it, as another test's prune would take them from under a build under way).
+    stages: bool,
     volumes: Vec<String>,
     networks: Vec<String>,
 }
@@ -105,13 +108,15 @@ impl Drop for Made {
             }
         }
         // The Containerfile's stages the classic builder keeps (scripts/image's prune).
-        quiet(&[
-            "image",
-            "prune",
-            "--force",
-            "--filter",
-            "label=org.tsinit.intermediate=1",
-        ]);
+        if self.stages {
+            quiet(&[
+                "image",
+                "prune",
+                "--force",
+                "--filter",
+                "label=org.tsinit.intermediate=1",
+            ]);
+        }
         for n in &self.networks {
             quiet(&["network", "rm", n]);
         }
@@ -321,6 +326,7 @@ fn the_shipped_example_runs_tsinit_as_pid1_under_a_dev_containers_cli() {
         control,
         ws,
     } = setup("example");
+    made.stages = true;
     control.set_ssh_enabled(true);
     // The build context the example names (".."), made offline: the Containerfile with
     // the locally built tsinit and tailscale in prebuilt/.
