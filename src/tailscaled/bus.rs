@@ -194,7 +194,7 @@ fn decode_and_send(
         events.push(BusEvent::NetMap(Box::new(netmap)));
         let decode = thread_cpu_time().saturating_sub(cpu);
         let write = Duration::from_nanos(write_cost.load(Ordering::Relaxed));
-        pacer.decoded(Instant::now(), decode + write);
+        pacer.decoded(Instant::now(), decode, write);
     }
     events.into_iter().all(send)
 }
@@ -206,8 +206,9 @@ fn decode_and_send(
 /// caused) has passed, and a later netmap that arrives meanwhile replaces it unread. So
 /// at most one part in `PACE + 1` of the time goes to netmaps, a change after a quiet
 /// spell is taken at once, and the block lags the tailnet by at most `PACE` times the
-/// cost of one netmap (~0.1 s at 5 000 peers). A netmap that cost less than [`UNPACED`]
-/// (a small tailnet's) holds nothing back.
+/// cost of one netmap (~0.1 s at 5 000 peers). A netmap decoded in less than
+/// [`UNPACED`] (a small tailnet's, a few hundred nodes) holds nothing back: a small
+/// tailnet's changes, and a boot, are never paced.
 struct Pacer {
     held: Option<Vec<u8>>,
     /// The next netmap is not decoded before this.
@@ -215,7 +216,7 @@ struct Pacer {
 }
 
 const PACE: u32 = 14;
-const UNPACED: Duration = Duration::from_millis(1);
+const UNPACED: Duration = Duration::from_micros(500);
 
 impl Default for Pacer {
     fn default() -> Pacer {
@@ -234,11 +235,12 @@ impl Pacer {
         Some(self.due.saturating_duration_since(now))
     }
 
-    /// A netmap was decoded at `now`, which with its hosts write cost `cost`.
-    fn decoded(&mut self, now: Instant, cost: Duration) {
-        self.due = match cost < UNPACED {
+    /// A netmap was decoded at `now`: that took `decode`, and the hosts write after the
+    /// last one `write`.
+    fn decoded(&mut self, now: Instant, decode: Duration, write: Duration) {
+        self.due = match decode < UNPACED {
             true => now,
-            false => now + cost * PACE,
+            false => now + (decode + write) * PACE,
         };
     }
 }
@@ -310,11 +312,11 @@ mod tests {
             Some(Duration::ZERO),
             "after a quiet spell: at once"
         );
-        p.decoded(t0, ms(2));
+        p.decoded(t0, ms(1), ms(1));
         assert_eq!(p.wait(t0), Some(ms(2) * PACE));
         assert_eq!(p.wait(t0 + ms(20)), Some(ms(2) * PACE - ms(20)));
         assert_eq!(p.wait(t0 + ms(2) * PACE), Some(Duration::ZERO));
-        p.decoded(t0, UNPACED - Duration::from_micros(1));
+        p.decoded(t0, UNPACED - Duration::from_micros(1), ms(5));
         assert_eq!(
             p.wait(t0),
             Some(Duration::ZERO),
