@@ -123,12 +123,16 @@ impl Drop for Made {
     }
 }
 
-/// `devcontainer up` for `workspace`; the container's id.
-fn up(workspace: &Path, label: &str) -> String {
-    let out = run(Command::new(cli())
-        .args(["up", "--workspace-folder"])
+/// `devcontainer up` for `workspace` (with $HOME `home`, if given); the container's id.
+fn up(workspace: &Path, label: &str, home: Option<&Path>) -> String {
+    let mut cmd = Command::new(cli());
+    cmd.args(["up", "--workspace-folder"])
         .arg(workspace)
-        .args(["--id-label", label]));
+        .args(["--id-label", label]);
+    if let Some(home) = home {
+        cmd.env("HOME", home);
+    }
+    let out = run(&mut cmd);
     let said = text(&out);
     assert!(out.status.success(), "devcontainer up: {said}");
     let id = said
@@ -214,6 +218,15 @@ fn running(c: &str) -> bool {
     exec(c, "tsinit status").contains("state: Running")
 }
 
+/// Waits until the container's node is Running; `tsinit status` then, which says kernel
+/// networking.
+fn kernel_mode_running(c: &str, what: &str) -> String {
+    wait_until(Duration::from_secs(60), what, || running(c));
+    let status = exec(c, "tsinit status");
+    assert!(status.contains("networking: kernel"), "{status}");
+    status
+}
+
 #[test]
 fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() {
     let Setup {
@@ -249,18 +262,11 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
     std::fs::write(dot.join("devcontainer.json"), config).unwrap();
 
     let label = format!("org.tsinit.test={unique}");
-    let c = up(&ws.0, &label);
+    let c = up(&ws.0, &label, None);
     made.containers.push(c.clone());
-    wait_until(
-        Duration::from_secs(60),
-        "the dev container's node Running",
-        || running(&c),
-    );
-
     // Kernel networking: the Feature's capabilities, and /dev/net/tun made by tsinit
     // (a Feature cannot pass devices).
-    let status = exec(&c, "tsinit status");
-    assert!(status.contains("networking: kernel"), "{status}");
+    let status = kernel_mode_running(&c, "the dev container's node Running");
     assert!(
         status.contains(&format!("hostname: {node}.tail.example")),
         "{status}"
@@ -304,7 +310,7 @@ fn the_feature_joins_a_debian_dev_container_to_the_tailnet_and_keeps_its_node() 
     // Stopped and brought up again: the same node from the state volume, no new
     // registration at control.
     docker(&["stop", "--time", "2", &c]);
-    let c2 = up(&ws.0, &label);
+    let c2 = up(&ws.0, &label, None);
     // (The CLI names an existing container by its short id.)
     assert!(
         c.starts_with(&c2),
@@ -368,32 +374,14 @@ fn the_shipped_example_runs_tsinit_as_pid1_under_a_dev_containers_cli() {
     change("--operator=vscode", "--operator=dev");
     std::fs::write(ws.0.join(".devcontainer/devcontainer.json"), config).unwrap();
 
-    let out = run(Command::new(cli())
-        .env("HOME", &home)
-        .args(["up", "--workspace-folder"])
-        .arg(&ws.0)
-        .args(["--id-label", &format!("org.tsinit.test={unique}")]));
-    let said = text(&out);
-    assert!(out.status.success(), "devcontainer up: {said}");
-    let c = said
-        .split("\"containerId\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("devcontainer up named no container: {said}"))
-        .to_string();
+    let c = up(&ws.0, &format!("org.tsinit.test={unique}"), Some(&home));
     made.containers.push(c.clone());
 
     // overrideCommand false: the image's entrypoint stays, so tsinit is PID 1 (its
     // workload is the CLI's keep-alive command: devcontainer-rs passes one all the same).
     let pid1 = exec(&c, "tr '\\0' ' ' </proc/1/cmdline");
     assert!(pid1.starts_with("/sbin/tsinit -- "), "{pid1}");
-    wait_until(
-        Duration::from_secs(60),
-        "the example's node Running",
-        || running(&c),
-    );
-    let status = exec(&c, "tsinit status");
-    assert!(status.contains("networking: kernel"), "{status}");
+    let status = kernel_mode_running(&c, "the example's node Running");
     assert!(status.contains("ssh: on"), "{status}");
     let (ok, set) = exec_as("dev", &c, "tailscale set --accept-dns=false");
     assert!(ok, "the remote user is not the operator: {set}");
