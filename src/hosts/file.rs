@@ -123,14 +123,10 @@ fn plain_body(block: &[u8]) -> Option<&[u8]> {
     let mut start = 0;
     let mut begun = false;
     for _ in 0..2 {
-        let rest = &block[start..];
-        let len = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
-        start += len;
-        if line_is(&rest[..len], BEGIN, true) {
-            begun = true;
+        let end = crate::bytes::find(block, start, b'\n').map_or(block.len(), |i| i + 1);
+        begun = line_is(&block[start..end], BEGIN, true);
+        start = end;
+        if begun {
             break;
         }
     }
